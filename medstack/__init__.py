@@ -1,0 +1,36 @@
+"""medstack: medical images to training-ready ``(C, D, H, W)`` volumes with correct world geometry.
+
+>>> import medstack
+>>> vol = medstack.load("data_samples/nifti/mr_t1.nii.gz")        # doctest: +SKIP
+>>> vol.shape, vol.spacing, vol.orientation                        # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+from medstack.errors import (
+    DicomError,
+    FormatError,
+    GeometryError,
+    MedstackError,
+    OutputExistsError,
+    ReadError,
+    UnknownFormatError,
+)
+from medstack.io import load, save
+from medstack.volume import Volume
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "DicomError",
+    "FormatError",
+    "GeometryError",
+    "MedstackError",
+    "OutputExistsError",
+    "ReadError",
+    "UnknownFormatError",
+    "Volume",
+    "__version__",
+    "load",
+    "save",
+]

@@ -1,0 +1,46 @@
+"""Exceptions raised by medstack.
+
+Every error medstack raises on bad input is a :class:`MedstackError`. Each child also subclasses the
+fitting built-in exception, so ``except ValueError`` or ``except FileNotFoundError`` keep working.
+Messages say what went wrong, where (the path), what was expected versus found, and how to fix it.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "DicomError",
+    "FormatError",
+    "GeometryError",
+    "MedstackError",
+    "OutputExistsError",
+    "ReadError",
+    "UnknownFormatError",
+]
+
+
+class MedstackError(Exception):
+    """Base class of every error medstack raises on bad input or bad arguments."""
+
+
+class ReadError(MedstackError, OSError):
+    """A file or folder could not be read (missing, not a file, truncated, corrupt)."""
+
+
+class FormatError(ReadError, ValueError):
+    """A file was found but its content is not valid for its format (bad header, truncated data)."""
+
+
+class UnknownFormatError(MedstackError, ValueError):
+    """No reader or writer handles this path (unknown extension and unrecognised content)."""
+
+
+class GeometryError(MedstackError, ValueError):
+    """An affine or grid is invalid (zero, NaN, singular) or two grids do not agree."""
+
+
+class DicomError(MedstackError, ValueError):
+    """A DICOM series cannot be turned into a volume safely (mixed series, gaps, bad tags)."""
+
+
+class OutputExistsError(MedstackError, FileExistsError):
+    """The output path exists and overwriting was not asked for (pass ``overwrite=True``)."""
