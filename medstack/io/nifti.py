@@ -112,7 +112,7 @@ def _layout(header, path) -> tuple[tuple[int, ...], tuple[int, int, int, int]]:
     shape = tuple(int(s) for s in header.get_data_shape())
     if not shape or any(s <= 0 for s in shape):
         raise FormatError(f"{path}: NIfTI header has an empty or invalid shape {shape}")
-    xyz = (shape + (1, 1, 1))[:3]
+    xyz = (*shape, 1, 1, 1)[:3]
     c = int(np.prod(shape[3:])) if len(shape) > 3 else 1
     return shape, (c, xyz[2], xyz[1], xyz[0])
 
@@ -260,7 +260,7 @@ def from_nibabel(img, *, dtype=None, source=None) -> Volume:
     raw = np.asanyarray(img.dataobj)
     arr = np.asarray(raw)
     shape = arr.shape
-    xyz = (shape + (1, 1, 1))[:3]
+    xyz = (*shape, 1, 1, 1)[:3]
     c = int(np.prod(shape[3:])) if len(shape) > 3 else 1
     # (x, y, z, t, ...) Fortran layout -> (C, D, H, W): transpose of the flattened reshape
     arr = arr.reshape((*xyz, c), order="F").transpose(3, 2, 1, 0)
