@@ -176,9 +176,9 @@ def read_nifti(path, *, dtype=None, mmap: bool = False) -> Volume:
                         f"{path}: truncated voxel data: header promises {nbytes} bytes "
                         f"({'x'.join(map(str, shape))} {stored}), file holds {got}"
                     )
-        except (EOFError, OSError, ValueError) as e:
-            if isinstance(e, ReadError | GeometryError):
-                raise
+        except (ReadError, GeometryError):
+            raise
+        except (EOFError, OSError, ValueError, *_decoder_errors()) as e:
             raise FormatError(f"{path}: corrupt or truncated NIfTI ({type(e).__name__}: {e})") from e
     meta = {
         "source": str(path),
@@ -193,6 +193,15 @@ def read_nifti(path, *, dtype=None, mmap: bool = False) -> Volume:
     if descrip is not None and bytes(descrip).strip(b"\0 "):
         meta["description"] = bytes(descrip).rstrip(b"\0").decode("latin-1").strip()
     return Volume(data, affine, meta)
+
+
+def _decoder_errors() -> tuple[type[Exception], ...]:
+    """Exceptions a corrupt gzip stream raises (ISA-L's IsalError is not an OSError)."""
+    import zlib
+
+    from isal import isal_zlib
+
+    return zlib.error, isal_zlib.IsalError
 
 
 def _default_dtype(stored: np.dtype, slope) -> np.dtype:

@@ -1,0 +1,111 @@
+import h5py
+import numpy as np
+import pytest
+import torch
+
+import medstack
+from medstack.errors import FormatError, MedstackError
+from medstack.io.store import H5Array, list_h5, write_h5
+from medstack.testing import random_affine, world_volume
+
+
+@pytest.fixture
+def vol():
+    rng = np.random.default_rng(3)
+    data = rng.integers(-1000, 2000, size=(2, 40, 50, 60)).astype(np.int16)
+    return medstack.Volume(data, random_affine(rng), {"patient": "x", "spacing_note": np.float32(1.5)})
+
+
+def test_eager_and_lazy_reads_equal(tmp_path, vol):
+    p = tmp_path / "v.h5"
+    medstack.save(vol, p)
+    eager = medstack.load(p)
+    lazy = medstack.load(p, lazy=True)
+    assert lazy.is_lazy and not eager.is_lazy
+    assert isinstance(lazy.data, H5Array)
+    np.testing.assert_array_equal(eager.data, vol.data)
+    np.testing.assert_array_equal(np.asarray(lazy.data), vol.data)
+    np.testing.assert_array_equal(lazy.affine, vol.affine)
+    assert eager.metadata["patient"] == "x" and eager.metadata["spacing_note"] == 1.5
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        z, y, x = (int(rng.integers(0, s - 8)) for s in vol.spatial_shape)
+        box = (slice(None), slice(z, z + 8), slice(y, y + 9), slice(x, x + 10))
+        np.testing.assert_array_equal(lazy.data[box], vol.data[box])
+        np.testing.assert_array_equal(lazy.data.read_box((z, y, x), (z + 8, y + 9, x + 10)), vol.data[box])
+    assert lazy.reoriented("LPS").orientation == "LPS"
+    np.testing.assert_array_equal(lazy.to_tensor().numpy(), vol.data)
+
+
+def test_lazy_slice_reads_only_the_selection(tmp_path, vol, monkeypatch):
+    p = tmp_path / "v.h5"
+    medstack.save(vol, p)
+    lazy = medstack.load(p, lazy=True)
+    seen = []
+    real = h5py.Dataset.__getitem__
+
+    def spy(self, key):
+        seen.append(key)
+        return real(self, key)
+
+    monkeypatch.setattr(h5py.Dataset, "__getitem__", spy)
+    lazy.data[:, 1:5, 2:6, 3:7]
+    assert seen == [(slice(None), slice(1, 5), slice(2, 6), slice(3, 7))]
+
+
+def test_layout_is_plain_h5py(tmp_path, vol):
+    p = tmp_path / "v.h5"
+    write_h5(vol, p, chunks=(16, 16, 16), compression="gzip")
+    with h5py.File(p, "r") as f:
+        assert f.attrs["medstack_format"] == "medstack-volume"
+        assert f.attrs["medstack_format_version"] == 1
+        ds = f["volumes/volume/data"]
+        assert ds.chunks == (1, 16, 16, 16) and ds.compression == "gzip" and ds.dtype == np.int16
+        np.testing.assert_array_equal(f["volumes/volume"].attrs["affine"], vol.affine)
+    np.testing.assert_array_equal(medstack.load(p).data, vol.data)
+
+
+def test_default_chunks_clip_to_small_volumes(tmp_path):
+    small = world_volume((3, 4, 5), np.eye(4))
+    write_h5(small, tmp_path / "s.h5")
+    with h5py.File(tmp_path / "s.h5", "r") as f:
+        assert f["volumes/volume/data"].chunks == (1, 3, 4, 5)
+
+
+def test_cohort_file(tmp_path, vol):
+    other = world_volume((5, 6, 7), random_affine(np.random.default_rng(1)))
+    p = tmp_path / "cohort.h5"
+    write_h5({"case_001": vol, "case_002": other}, p)
+    assert list_h5(p) == ["case_001", "case_002"]
+    with pytest.raises(MedstackError, match="holds 2 volumes; pass name="):
+        medstack.load(p)
+    np.testing.assert_array_equal(medstack.load(p, name="case_002").data, other.data)
+    with pytest.raises(MedstackError, match="no volume named 'x'"):
+        medstack.load(p, name="x")
+
+
+def test_lazy_array_survives_pickling_for_workers(tmp_path, vol):
+    import pickle  # in-memory only, as DataLoader workers do
+
+    p = tmp_path / "v.h5"
+    medstack.save(vol, p)
+    lazy = medstack.load(p, lazy=True)
+    lazy.data[:, :1, :1, :1]  # opens the file
+    clone = pickle.loads(pickle.dumps(lazy.data))
+    assert clone._file is None
+    np.testing.assert_array_equal(clone[:, 2:4], vol.data[:, 2:4])
+
+
+def test_torch_data_saved(tmp_path, vol):
+    medstack.save(vol.replace(data=torch.from_numpy(vol.data)), tmp_path / "t.h5")
+    np.testing.assert_array_equal(medstack.load(tmp_path / "t.h5").data, vol.data)
+
+
+def test_foreign_hdf5_and_bad_metadata(tmp_path, vol):
+    with h5py.File(tmp_path / "foreign.h5", "w") as f:
+        f["x"] = np.zeros(3)
+    with pytest.raises(FormatError, match=r"foreign\.h5.*not a medstack volume file"):
+        medstack.load(tmp_path / "foreign.h5")
+    with pytest.raises(MedstackError, match="JSON"):
+        medstack.save(vol.replace(metadata={"f": object()}), tmp_path / "m.h5")
+    assert not (tmp_path / "m.h5").exists()
