@@ -17,7 +17,7 @@ $(VENV)/.installed: pyproject.toml
 venv: $(VENV)/.installed
 
 demo: venv
-	$(PY) data_samples/demo.py --out demo_output
+	$(PY) data_samples/demo.py --out demo_output --overwrite
 
 lint: venv
 	$(VENV)/bin/ruff check .
