@@ -148,8 +148,8 @@ def test_missing_path_folder_and_unknown_format(tmp_path):
     (tmp_path / "x.txt").write_text("hello")
     with pytest.raises(UnknownFormatError, match=r"x\.txt.*unrecognised"):
         medstack.load(tmp_path / "x.txt")
-    with pytest.raises(medstack.MedstackError, match="folder"):
-        medstack.load(tmp_path)
+    with pytest.raises(medstack.DicomError, match="no DICOM image series found"):
+        medstack.load(tmp_path)  # a folder is a DICOM series; this one has none
     vol = world_volume((2, 3, 4), np.eye(4))
     with pytest.raises(UnknownFormatError, match=r"out\.xyz"):
         medstack.save(vol, tmp_path / "out.xyz")

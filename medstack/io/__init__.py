@@ -43,6 +43,10 @@ def _sniff_hdf5(head: bytes) -> bool:
     return head[:8] == b"\x89HDF\r\n\x1a\n"
 
 
+def _sniff_dicom(head: bytes) -> bool:
+    return head[128:132] == b"DICM"
+
+
 def _sniff_itk(head: bytes) -> bool:
     return head.startswith(b"NRRD000") or head.lstrip().startswith((b"ObjectType", b"NDims"))
 
@@ -54,7 +58,9 @@ FORMATS: tuple[Format, ...] = (
     Format("hdf5", (".h5", ".hdf5"), _sniff_hdf5, "medstack.io.store:read_h5", "medstack.io.store:write_h5"),
     Format("itk", (".nrrd", ".nhdr", ".mha", ".mhd"), _sniff_itk,
            "medstack.io.itk:read_itk", "medstack.io.itk:write_itk"),
+    Format("dicom", (".dcm", ".ima"), _sniff_dicom, "medstack.io.dicom:load", None),
 )  # fmt: skip
+_DICOM = FORMATS[-1]
 
 
 def _by_extension(path: Path) -> Format | None:
@@ -91,7 +97,7 @@ def detect_format(path) -> Format:
     if not path.exists():
         raise ReadError(f"{path}: no such file or folder")
     if path.is_dir():
-        raise UnknownFormatError(f"{path}: is a folder; medstack reads DICOM folders with medstack.io.dicom")
+        return _DICOM
     try:
         head = _head(path)
     except OSError as e:
@@ -107,12 +113,14 @@ def detect_format(path) -> Format:
 
 
 def load(path, *, dtype=None, lazy: bool = False, **options) -> Volume:
-    """Load a volume from a file (NIfTI, NRRD, MHA/MHD, medstack HDF5).
+    """Load a volume from a file (NIfTI, NRRD, MHA/MHD, medstack HDF5) or a DICOM series.
 
     Parameters
     ----------
-    path : path-like
-        The file. The format is recognised by content, then by extension.
+    path : path-like or list of paths
+        A file (format recognised by content, then by extension), a folder (a DICOM series: see
+        :func:`medstack.io.dicom.load` for ``series=``, ``on_gap=``, ``tilt=``, ``strict=``), or a list
+        of DICOM files.
     dtype : numpy dtype, optional
         Cast the data; default keeps the stored dtype (NIfTI with scl_slope/scl_inter: float32).
     lazy : bool
@@ -125,6 +133,10 @@ def load(path, *, dtype=None, lazy: bool = False, **options) -> Volume:
     Volume
         Data ``(C, D, H, W)``, RAS+ affine, metadata including ``source``.
     """
+    if isinstance(path, list | tuple):
+        if lazy:
+            raise UnknownFormatError("lazy=True needs a medstack HDF5 file (.h5), not DICOM files")
+        return _DICOM.call("reader", list(path), dtype=dtype, **options)
     path = Path(path)
     fmt = detect_format(path)
     if lazy:

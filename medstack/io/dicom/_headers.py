@@ -1,0 +1,379 @@
+"""Pass 1 of the DICOM reader: headers only, one compact record per 2D frame.
+
+A file yields one :class:`Frame` per 2D image it holds: one for a classic single-frame file, one per
+frame of an enhanced multi-frame file (per-frame functional groups), one per tile of a Siemens MOSAIC.
+Pixel data are never read here; for uncompressed files the byte offset of the pixel data is recorded so
+that pass 2 can read it straight into the output array.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+NATIVE_SYNTAXES = {
+    "1.2.840.10008.1.2": ("<", False),  # implicit VR little endian
+    "1.2.840.10008.1.2.1": ("<", True),  # explicit VR little endian
+    "1.2.840.10008.1.2.2": (">", True),  # explicit VR big endian (retired)
+}
+
+#: Tags read in pass 1 (pydicom ``specific_tags``): everything the grouping, ordering, geometry and
+#: scaling need, and nothing else.
+HEADER_TAGS = [
+    "SOPClassUID", "SOPInstanceUID", "SeriesInstanceUID", "StudyInstanceUID", "FrameOfReferenceUID",
+    "SeriesNumber", "SeriesDescription", "ProtocolName", "Modality", "Manufacturer", "ImageType",
+    "PatientID", "PatientName", "StudyDate", "SeriesDate", "StudyDescription", "AccessionNumber",
+    "Rows", "Columns", "PixelSpacing", "ImagerPixelSpacing", "SliceThickness", "SpacingBetweenSlices",
+    "ImagePositionPatient", "ImageOrientationPatient", "InstanceNumber", "AcquisitionNumber",
+    "AcquisitionTime", "ContentTime", "EchoNumbers", "EchoTime", "TemporalPositionIdentifier", "TriggerTime",
+    "RescaleSlope", "RescaleIntercept", "BitsAllocated", "BitsStored", "HighBit", "PixelRepresentation",
+    "PhotometricInterpretation", "SamplesPerPixel", "NumberOfFrames", "GantryDetectorTilt",
+    "DiffusionBValue", "DiffusionGradientOrientation", "PerFrameFunctionalGroupsSequence",
+    "SharedFunctionalGroupsSequence", "PatientPosition", "WindowCenter", "WindowWidth",
+    (0x0019, 0x0010), (0x0019, 0x100A), (0x0019, 0x100C), (0x0043, 0x0010), (0x0043, 0x1039),
+    (0x0029, 0x0010), (0x0029, 0x0011), (0x0029, 0x1010),
+]  # fmt: skip
+
+PIXEL_TAGS = {(0x7FE0, 0x0010): "OB", (0x7FE0, 0x0008): "OF", (0x7FE0, 0x0009): "OD"}
+
+
+@dataclasses.dataclass
+class Frame:
+    """One 2D image of a series, as found in pass 1 (no pixels)."""
+
+    path: str
+    file_index: int  # index into the scan's list of FileHeader
+    frame: int  # frame number inside the file (0 for single-frame files)
+    tile: int  # MOSAIC tile index (-1 when not a mosaic)
+    ipp: np.ndarray | None  # ImagePositionPatient (LPS mm) of the frame's first pixel
+    iop: np.ndarray | None  # ImageOrientationPatient (6,)
+    pixel_spacing: tuple[float, float] | None  # (between rows, between columns) in mm
+    slope: float
+    intercept: float
+    temporal: tuple  # keys that order the volumes of a 4D set at one position
+    bvalue: float | None = None
+
+
+@dataclasses.dataclass
+class FileHeader:
+    """Per-file facts from pass 1."""
+
+    path: str
+    sop_instance_uid: str
+    series_uid: str
+    study_uid: str
+    series_number: int | None
+    description: str
+    modality: str
+    manufacturer: str
+    image_type: tuple[str, ...]
+    rows: int
+    cols: int
+    tile_rows: int
+    tile_cols: int
+    bits_allocated: int
+    bits_stored: int
+    pixel_representation: int
+    photometric: str
+    samples_per_pixel: int
+    n_frames: int
+    transfer_syntax: str
+    pixel_offset: int | None  # byte offset of native pixel data, None when encapsulated / absent
+    pixel_value_bytes: int | None  # length of the pixel data element's value
+    has_pixels: bool
+    instance_number: int | None
+    echo_number: int | None
+    echo_time: float | None
+    patient_id: str
+    study_date: str
+    series_date: str
+    acquisition_time: str
+    gantry_tilt: float
+    thickness: float  # SpacingBetweenSlices, else SliceThickness (used only for single-slice series)
+    mosaic: int  # number of tiles in a MOSAIC, 0 otherwise
+    frames: list[Frame] = dataclasses.field(default_factory=list)
+
+    @property
+    def frame_bytes(self) -> int:
+        return self.rows * self.cols * self.samples_per_pixel * self.bits_allocated // 8
+
+
+def _num(value, default=None, cast=float):
+    if value is None or value == "":
+        return default
+    try:
+        return cast(value)
+    except (TypeError, ValueError):
+        return default
+
+
+def _vec(value, n):
+    if value is None:
+        return None
+    try:
+        arr = np.array([float(v) for v in value], dtype=np.float64)
+    except (TypeError, ValueError):
+        return None
+    return arr if arr.shape == (n,) and np.all(np.isfinite(arr)) else None
+
+
+def _first(ds, *names):
+    for name in names:
+        v = ds.get(name)
+        if v is not None and v != "":
+            return v
+    return None
+
+
+def _pixel_element_position(fh, ds, path: str):
+    """Offset and length of a native pixel data value, given the file position where pydicom stopped."""
+    import struct
+
+    pos = fh.tell()
+    head = fh.read(12)
+    if len(head) < 8:
+        return None, None, False
+    ts = str(ds.file_meta.get("TransferSyntaxUID", "1.2.840.10008.1.2"))
+    order, explicit = NATIVE_SYNTAXES.get(ts, ("<", True))
+    group, elem = struct.unpack(order + "HH", head[:4])
+    if (group, elem) not in PIXEL_TAGS:
+        return None, None, False
+    if explicit:
+        vr = head[4:6]
+        if vr in (b"OB", b"OW", b"OF", b"OD", b"UN", b"OL", b"OV"):
+            length = struct.unpack(order + "I", head[8:12])[0]
+            start = pos + 12
+        else:
+            length = struct.unpack(order + "H", head[6:8])[0]
+            start = pos + 8
+    else:
+        length = struct.unpack(order + "I", head[4:8])[0]
+        start = pos + 8
+    if length == 0xFFFFFFFF or ts not in NATIVE_SYNTAXES:
+        return None, None, True  # encapsulated (compressed): decoded through pydicom
+    return start, length, True
+
+
+def _csa_mosaic(ds) -> tuple[int, np.ndarray | None]:
+    """Siemens MOSAIC: (number of tiles, slice normal LPS) from the private tags / CSA header."""
+    image_type = [str(v).upper() for v in ds.get("ImageType", [])]
+    if "MOSAIC" not in image_type:
+        return 0, None
+    n = None
+    normal = None
+    tag = ds.get((0x0019, 0x100A))
+    if tag is not None:
+        n = _num(tag.value, cast=int)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # nibabel.nicom warns on import that it is experimental
+            from nibabel.nicom import csareader
+
+        csa = csareader.get_csa_header(ds, "image")
+        if csa is not None:
+            n = n or _num(csareader.get_n_mosaic(csa), cast=int)
+            sn = csareader.get_slice_normal(csa)
+            normal = None if sn is None else np.asarray(sn, dtype=np.float64)
+    except Exception:  # a damaged CSA header: fall back to the IOP normal
+        pass
+    return int(n or 0), normal
+
+
+def _temporal_key(ds, frame_content=None) -> tuple:
+    """Keys ordering the volumes of a 4D set at one slice position (smaller first)."""
+    tpi = None
+    if frame_content is not None:
+        tpi = _num(frame_content.get("TemporalPositionIndex"), cast=int)
+        if tpi is None:
+            dims = frame_content.get("DimensionIndexValues")
+            if dims is not None and not isinstance(dims, int | float) and len(dims) >= 3:
+                tpi = int(dims[-1])
+    if tpi is None:
+        tpi = _num(ds.get("TemporalPositionIdentifier"), cast=int)
+    return (
+        tpi if tpi is not None else 0,
+        _num(ds.get("TriggerTime"), 0.0),
+        _num(ds.get("InstanceNumber"), 0, int),
+        str(ds.get("AcquisitionTime", "")),
+    )
+
+
+def _bvalue(ds) -> float | None:
+    v = ds.get("DiffusionBValue")
+    if v is not None:
+        return _num(v)
+    ge = ds.get((0x0043, 0x1039))
+    if ge is not None:
+        try:
+            return float(ge.value[0]) % 1e9 if not isinstance(ge.value, str) else float(str(ge.value).split("\\")[0])
+        except (TypeError, ValueError, IndexError):
+            return None
+    siemens = ds.get((0x0019, 0x100C))
+    if siemens is not None:
+        return _num(siemens.value)
+    return None
+
+
+def parse_file(path: str, file_index: int = 0) -> FileHeader:
+    """Read one file's header (no pixels) into a :class:`FileHeader` with its frames.
+
+    Raises ``pydicom.errors.InvalidDicomError`` / ``OSError`` / ``ValueError`` on unreadable input; the
+    caller turns those into findings or errors.
+    """
+    import pydicom
+
+    with open(path, "rb") as fh:
+        ds = pydicom.dcmread(fh, stop_before_pixels=True, specific_tags=HEADER_TAGS)
+        offset, length, has_pixels = _pixel_element_position(fh, ds, path)
+    ts = str(ds.file_meta.get("TransferSyntaxUID", "1.2.840.10008.1.2")) if hasattr(ds, "file_meta") else ""
+    rows = _num(ds.get("Rows"), 0, int)
+    cols = _num(ds.get("Columns"), 0, int)
+    n_frames = _num(ds.get("NumberOfFrames"), 1, int) or 1
+    image_type = tuple(str(v).upper() for v in ds.get("ImageType", []) or [])
+    mosaic, csa_normal = _csa_mosaic(ds)
+    tile_rows, tile_cols = rows, cols
+    if mosaic > 1:
+        grid = math.ceil(math.sqrt(mosaic))
+        tile_rows, tile_cols = rows // grid, cols // grid
+    header = FileHeader(
+        path=path,
+        sop_instance_uid=str(ds.get("SOPInstanceUID", "")),
+        series_uid=str(ds.get("SeriesInstanceUID", "")),
+        study_uid=str(ds.get("StudyInstanceUID", "")),
+        series_number=_num(ds.get("SeriesNumber"), None, int),
+        description=str(_first(ds, "SeriesDescription", "ProtocolName") or ""),
+        modality=str(ds.get("Modality", "")),
+        manufacturer=str(ds.get("Manufacturer", "")),
+        image_type=image_type,
+        rows=rows,
+        cols=cols,
+        tile_rows=tile_rows,
+        tile_cols=tile_cols,
+        bits_allocated=_num(ds.get("BitsAllocated"), 16, int),
+        bits_stored=_num(ds.get("BitsStored"), None, int) or _num(ds.get("BitsAllocated"), 16, int),
+        pixel_representation=_num(ds.get("PixelRepresentation"), 0, int),
+        photometric=str(ds.get("PhotometricInterpretation", "MONOCHROME2")).upper(),
+        samples_per_pixel=_num(ds.get("SamplesPerPixel"), 1, int),
+        n_frames=n_frames,
+        transfer_syntax=ts,
+        pixel_offset=offset,
+        pixel_value_bytes=length,
+        has_pixels=has_pixels,
+        instance_number=_num(ds.get("InstanceNumber"), None, int),
+        echo_number=_num(ds.get("EchoNumbers"), None, int),
+        echo_time=_num(ds.get("EchoTime")),
+        patient_id=str(ds.get("PatientID", "")),
+        study_date=str(ds.get("StudyDate", "")),
+        series_date=str(ds.get("SeriesDate", "")),
+        acquisition_time=str(ds.get("AcquisitionTime", "")),
+        gantry_tilt=_num(ds.get("GantryDetectorTilt"), 0.0) or 0.0,
+        thickness=_num(ds.get("SpacingBetweenSlices")) or _num(ds.get("SliceThickness")) or 1.0,
+        mosaic=mosaic if mosaic > 1 else 0,
+    )
+    header.frames = _frames(ds, header, file_index, csa_normal)
+    return header
+
+
+def _frames(ds, h: FileHeader, file_index: int, csa_normal) -> list[Frame]:
+    slope = _num(ds.get("RescaleSlope"), 1.0)
+    inter = _num(ds.get("RescaleIntercept"), 0.0)
+    ps = _vec(_first(ds, "PixelSpacing", "ImagerPixelSpacing"), 2)
+    ipp = _vec(ds.get("ImagePositionPatient"), 3)
+    iop = _vec(ds.get("ImageOrientationPatient"), 6)
+    bval = _bvalue(ds)
+    per_frame = ds.get("PerFrameFunctionalGroupsSequence")
+    if per_frame is not None and len(per_frame) > 0:
+        shared = ds.get("SharedFunctionalGroupsSequence")
+        shared = shared[0] if shared else None
+        return [_enhanced_frame(ds, h, file_index, i, item, shared) for i, item in enumerate(per_frame)]
+    temporal = _temporal_key(ds)
+    if h.mosaic:
+        return _mosaic_frames(ds, h, file_index, ipp, iop, ps, slope, inter, temporal, csa_normal, bval)
+    return [
+        Frame(h.path, file_index, i, -1, ipp, iop, None if ps is None else (ps[0], ps[1]), slope, inter,
+              (*temporal, i), bval)
+        for i in range(h.n_frames)
+    ]  # fmt: skip
+
+
+def _group_attr(item, shared, seq_name, attr):
+    for source in (item, shared):
+        if source is None:
+            continue
+        seq = source.get(seq_name)
+        if seq:
+            v = seq[0].get(attr)
+            if v is not None:
+                return v
+    return None
+
+
+def _enhanced_frame(ds, h, file_index, i, item, shared) -> Frame:
+    ipp = _vec(_group_attr(item, shared, "PlanePositionSequence", "ImagePositionPatient"), 3)
+    iop = _vec(_group_attr(item, shared, "PlaneOrientationSequence", "ImageOrientationPatient"), 6)
+    ps = _vec(_group_attr(item, shared, "PixelMeasuresSequence", "PixelSpacing"), 2)
+    slope = _num(_group_attr(item, shared, "PixelValueTransformationSequence", "RescaleSlope"), None)
+    inter = _num(_group_attr(item, shared, "PixelValueTransformationSequence", "RescaleIntercept"), None)
+    if slope is None:
+        slope = _num(ds.get("RescaleSlope"), 1.0)
+    if inter is None:
+        inter = _num(ds.get("RescaleIntercept"), 0.0)
+    content = item.get("FrameContentSequence")
+    content = content[0] if content else None
+    bval = _num(_group_attr(item, shared, "MRDiffusionSequence", "DiffusionBValue"), None)
+    return Frame(h.path, file_index, i, -1, ipp, iop, None if ps is None else (ps[0], ps[1]), slope, inter,
+                 (*_temporal_key(ds, content), i), bval)  # fmt: skip
+
+
+def _mosaic_frames(ds, h, file_index, ipp, iop, ps, slope, inter, temporal, csa_normal, bval) -> list[Frame]:
+    """Tiles of a Siemens MOSAIC with their true positions (as nibabel and dcm2niix compute them).
+
+    The file's ImagePositionPatient is that of the top-left pixel of the whole mosaic read as one image;
+    the first tile's position is shifted by half the mosaic-minus-tile size along rows and columns.
+    Tile ``t`` then lies ``t * SpacingBetweenSlices`` along the CSA slice normal.
+    """
+    frames = []
+    if ipp is None or iop is None or ps is None:
+        ipp_0 = None
+        normal = None
+    else:
+        row_dir, col_dir = iop[:3], iop[3:]
+        shift = col_dir * ps[0] * (h.rows - h.tile_rows) / 2.0 + row_dir * ps[1] * (h.cols - h.tile_cols) / 2.0
+        ipp_0 = ipp + shift
+        normal = csa_normal if csa_normal is not None else np.cross(row_dir, col_dir)
+        normal = normal / np.linalg.norm(normal)
+    step = _num(ds.get("SpacingBetweenSlices")) or _num(ds.get("SliceThickness")) or 1.0
+    for t in range(h.mosaic):
+        pos = None if ipp_0 is None else ipp_0 + t * step * normal
+        frames.append(Frame(h.path, file_index, 0, t, pos, iop, None if ps is None else (ps[0], ps[1]),
+                            slope, inter, temporal, bval))  # fmt: skip
+    return frames
+
+
+SKIP_SUFFIXES = {
+    ".txt", ".json", ".nii", ".gz", ".png", ".jpg", ".jpeg", ".xml", ".csv", ".md", ".h5", ".hdf5", ".nrrd",
+    ".mha", ".mhd", ".raw", ".zip", ".tar", ".py", ".pdf", ".html", ".bval", ".bvec", ".log", ".ini", ".yaml",
+}  # fmt: skip
+
+
+def looks_like_dicom(path: str) -> bool:
+    """Cheap content check: 'DICM' at byte 128, or (no preamble) a group 0x0008/0x0002 tag at byte 0."""
+    name = os.path.basename(path)
+    if name.startswith(".") or name.upper() == "DICOMDIR":
+        return False
+    if Path(name).suffix.lower() in SKIP_SUFFIXES:
+        return False
+    try:
+        with open(path, "rb") as f:
+            head = f.read(132)
+    except OSError:
+        return False
+    if len(head) == 132 and head[128:132] == b"DICM":
+        return True
+    return len(head) >= 8 and head[:2] in (b"\x08\x00", b"\x02\x00") and head[2:4] in (b"\x00\x00", b"\x05\x00",
+                                                                                      b"\x08\x00", b"\x16\x00")
