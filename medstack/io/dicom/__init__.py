@@ -74,7 +74,7 @@ def _parse_one(args):
     path, index = args
     try:
         return parse_file(path, index), None
-    except Exception as e:  # noqa: BLE001 - reported as a finding naming the file
+    except Exception as e:
         return None, f"{type(e).__name__}: {e}"
 
 

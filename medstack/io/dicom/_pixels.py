@@ -199,7 +199,7 @@ def shift_slices(data: np.ndarray, shifts_rc: np.ndarray, fill: float) -> np.nda
 
 def resample_positions(data: np.ndarray, positions: np.ndarray, step: float) -> tuple[np.ndarray, np.ndarray]:
     """Linear interpolation along D from measured slice ``positions`` onto a uniform grid of ``step`` mm."""
-    n = int(round((positions[-1] - positions[0]) / step)) + 1
+    n = round((positions[-1] - positions[0]) / step) + 1
     target = positions[0] + step * np.arange(n)
     idx = np.clip(np.searchsorted(positions, target, side="right") - 1, 0, len(positions) - 2)
     w = (target - positions[idx]) / (positions[idx + 1] - positions[idx])
