@@ -31,7 +31,6 @@ from pathlib import Path
 
 import numpy as np
 
-from medstack import geometry
 from medstack.errors import DicomError, ReadError
 from medstack.io.dicom._headers import FileHeader, looks_like_dicom, parse_file
 from medstack.io.dicom._pixels import invert_monochrome1, read_pixels, resample_positions, rescale, shift_slices
