@@ -97,7 +97,7 @@ def _drop(files, index):
 
 def test_missing_slice_is_refused_by_default_then_resampled_or_split(tmp_path):
     affine = axis_code_affine("LPS", (1, 1, 2))
-    files, weights = write_world(tmp_path, affine, axis=2)
+    files, _weights = write_world(tmp_path, affine, axis=2)
     _drop(files, 5)
     info = dicom.scan(tmp_path)[0]
     gap = [f for f in info.findings if f.kind == "gap"]
@@ -265,7 +265,7 @@ def test_file_without_pixel_data_is_skipped(tmp_path):
 
 
 def test_rows_columns_differing_inside_series_are_excluded_with_finding(tmp_path):
-    files, weights = write_world(tmp_path, axis_code_affine("LPS", (1, 1, 2)))
+    files, _weights = write_world(tmp_path, axis_code_affine("LPS", (1, 1, 2)))
     ds = pydicom.dcmread(files[0])
     ds.SOPInstanceUID += ".3"
     ds.Rows, ds.Columns = 4, 4

@@ -132,7 +132,7 @@ def test_pydicom_gap_series_is_refused_then_split():
     src = _pydicom_series_dir() / "77654033/CT2"
     info = dicom.select(dicom.scan(src), "Routine Brain")
     assert any(f.kind == "gap" or f.kind == "nonuniform_step" for f in info.findings)
-    with pytest.raises(medstack.DicomError, match="slice step jumps.*on_gap="):
+    with pytest.raises(medstack.DicomError, match=r"slice step jumps.*on_gap="):
         dicom.load_series(info)
     parts = dicom.scan(src, on_gap="split")
     assert len(parts) >= 2 and all(p.uniform_spacing for p in parts)
