@@ -367,3 +367,31 @@ def test_sample_data_ct_and_localizer():
     assert ct.shape == (1, 64, 128, 128) and ct.dtype == np.int16
     assert ct.spacing == pytest.approx((2.5, 0.7, 0.7))
     assert ct.data.min() == -1024
+
+
+def test_missing_codec_names_transfer_syntax_and_package(tmp_path, monkeypatch):
+    from pydicom.dataset import Dataset
+
+    from tests.test_dicom_qa import QA as qa
+
+    if not qa.exists():
+        pytest.skip("../shared/dicom-qa not present")
+
+    def no_decoder(self):
+        raise RuntimeError("Unable to decode the pixel data: no plugin available")
+
+    monkeypatch.setattr(Dataset, "pixel_array", property(no_decoder))
+    with pytest.raises(DicomError, match=r"9\.dcm: cannot decode pixel data in transfer syntax JPEG 2000.*pip install pylibjpeg"):
+        medstack.load(qa / "transfer_syntax" / "9.dcm")
+
+
+def test_monochrome1_is_inverted(tmp_path):
+    data = np.tile(np.arange(SHAPE[2]), (SHAPE[0], SHAPE[1], 1)).astype(float)
+
+    def mono1(ds, d):
+        ds.PhotometricInterpretation = "MONOCHROME1"
+        ds.BitsStored, ds.HighBit = 12, 11
+
+    write_dicom_series(data, tmp_path, affine=np.eye(4), rescale_intercept=0, unsigned=True, per_slice=mono1)
+    vol = medstack.load(tmp_path)
+    np.testing.assert_array_equal(vol.data[0], 4095 - data)

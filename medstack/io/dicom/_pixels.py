@@ -95,15 +95,16 @@ def _read_native(h: FileHeader, items, out: np.ndarray) -> None:
 def _read_decoded(h: FileHeader, items, out: np.ndarray) -> None:
     import pydicom
 
+    from pydicom.uid import UID
+
     try:
         ds = pydicom.dcmread(h.path)
+    except Exception as e:
+        raise DicomError(f"{h.path}: cannot read the file: {e}") from e
+    try:
         arr = ds.pixel_array
     except Exception as e:
-        from pydicom.uid import UID
-
         ts = UID(h.transfer_syntax)
-        if "PixelData" not in (ds if "ds" in locals() else {}):
-            raise DicomError(f"{h.path}: cannot read pixel data: {e}") from e
         raise DicomError(f"{h.path}: cannot decode pixel data in transfer syntax {ts.name} ({ts}): {e}; "
                          f"{CODEC_HINT}") from e  # fmt: skip
     if h.n_frames > 1 and arr.ndim == 2:
