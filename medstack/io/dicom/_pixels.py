@@ -94,7 +94,6 @@ def _read_native(h: FileHeader, items, out: np.ndarray) -> None:
 
 def _read_decoded(h: FileHeader, items, out: np.ndarray) -> None:
     import pydicom
-
     from pydicom.uid import UID
 
     try:
