@@ -11,6 +11,8 @@ from pathlib import Path
 
 from medstack.errors import MedstackError, OutputExistsError
 
+PARTIAL_SUFFIX = ".partial"
+
 
 @contextlib.contextmanager
 def atomic_output(path, *, overwrite: bool = False) -> Iterator[Path]:
@@ -32,7 +34,8 @@ def atomic_output(path, *, overwrite: bool = False) -> Iterator[Path]:
         parent.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise MedstackError(f"{path}: cannot create output folder {parent}: {e.strerror}") from e
-    tmpdir = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".partial", dir=parent))
+    # the pid in the name lets clean_stale_partials() remove what a killed writer left behind
+    tmpdir = Path(tempfile.mkdtemp(prefix=f".{path.name}.{os.getpid()}.", suffix=PARTIAL_SUFFIX, dir=parent))
     try:
         yield tmpdir / path.name
         files = sorted(tmpdir.iterdir(), key=lambda p: p.name == path.name)  # main file last
@@ -62,3 +65,32 @@ def _publish(src: Path, dst: Path, *, overwrite: bool) -> None:
         if dst.exists():
             raise OutputExistsError(f"{dst}: already exists; pass overwrite=True to replace it") from None
         os.replace(src, dst)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def clean_stale_partials(folder) -> list[Path]:
+    """Remove temporary folders left in ``folder`` (recursively) by writers that were killed.
+
+    Only folders named by :func:`atomic_output` (``.NAME.PID.XXXX.partial``) whose process is gone are
+    removed. Returns what was removed.
+    """
+    removed = []
+    folder = Path(folder)
+    if not folder.is_dir():
+        return removed
+    for p in folder.rglob(f".*{PARTIAL_SUFFIX}"):
+        parts = p.name[: -len(PARTIAL_SUFFIX)].split(".")  # ["", NAME..., PID, RANDOM]
+        pid = int(parts[-2]) if len(parts) >= 3 and parts[-2].isdigit() else None
+        if p.is_dir() and pid is not None and not _pid_alive(pid):
+            shutil.rmtree(p, ignore_errors=True)
+            removed.append(p)
+    return removed
