@@ -36,6 +36,8 @@ FORMATS = {"nii.gz": ".nii.gz", "nii": ".nii", "nrrd": ".nrrd", "mha": ".mha", "
 DEFAULT_DICOM_TEMPLATE = "{series_number}_{description}_{uid8}"
 DEFAULT_FILE_TEMPLATE = "{stem}"
 LIST_SUFFIXES = (".txt", ".lst", ".list")
+FOREIGN_SUFFIXES = (".mgz", ".dcm", ".png", ".jpg", ".jpeg", ".tif", ".tiff", ".npy", ".npz", ".vtk", ".mnc", ".img",
+                    ".hdr", ".gz", ".zip", ".xyz")  # fmt: skip
 VOLUME_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd", ".h5", ".hdf5", ".hdr")
 
 
@@ -77,8 +79,20 @@ class Task:
     input_root: str
 
     def fingerprint(self, options: ConvertOptions) -> str:
+        """Identity of (source, options that change this output): equal fingerprints mean 'already done'.
+
+        ``on_gap`` / ``tilt`` only count for series whose scan found a gap / tilt, so re-running a batch with
+        ``--on-gap resample`` redoes the failed gap series and skips the others.
+        """
         n = self.payload.n_files if self.kind == "dicom" else 1
-        blob = json.dumps([self.key, n, options.recorded()], sort_keys=True, default=str)
+        recorded = options.recorded()
+        kinds = {f.kind for f in self.payload.findings} if self.kind == "dicom" else set()
+        if not kinds & {"gap", "nonuniform_step"}:
+            recorded.pop("on_gap")
+        if "tilt" not in kinds:
+            recorded.pop("tilt")
+        recorded.pop("series")  # the selection does not change an output
+        blob = json.dumps([self.key, n, recorded], sort_keys=True, default=str)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
@@ -165,6 +179,12 @@ def plan(inputs: Sequence, output, options: ConvertOptions, *, workers: int | No
     from medstack.io import dicom
 
     output = Path(output)
+    known = output.name.lower().endswith(tuple(FORMATS.values()))
+    if not known and output.suffix.lower() in FOREIGN_SUFFIXES and not output.is_dir():
+        raise UnknownFormatError(f"{output}: medstack convert does not write {output.suffix} files; use a folder or "
+                                 f"one of {', '.join('.' + f for f in FORMATS)}")  # fmt: skip
+    if output.exists() and not output.is_dir() and not output.name.lower().endswith(tuple(FORMATS.values())):
+        raise MedstackError(f"{output}: exists and is not a folder")
     ext = FORMATS[options.format]
     sources = _expand_inputs(inputs)
     tasks: list[Task] = []
