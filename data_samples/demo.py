@@ -46,9 +46,31 @@ def main(argv=None) -> int:
             if not same:
                 print("demo: round trip changed the data", file=sys.stderr)
                 return 1
+    print("DICOM samples -> NIfTI and HDF5 with JSON sidecars (medstack convert):")
+    from medstack.convert import ConvertOptions, convert, sidecar_path
+
+    for fmt in ("nii.gz", "h5"):
+        summary = convert([HERE / "dicom"], out / "dicom" / fmt.split(".")[0],
+                          ConvertOptions(format=fmt, overwrite=args.overwrite))  # fmt: skip
+        for r in summary.results:
+            print(f"  {r.status:9} {r.task.label:22} -> {r.task.output}  (+ {sidecar_path(r.task.output).name})")
+            if r.status == "failed":
+                print(f"demo: {r.message}", file=sys.stderr)
+                return 1
+    from medstack.viz import save_preview
+
+    ct = medstack.load(HERE / "dicom")  # the one non-localizer series
+    png = save_preview(ct, out / "ct_phantom_preview.png", overwrite=args.overwrite, window="soft_tissue")
+    print(f"  preview of {ct!r}\n    -> {png}")
     print(f"done in {time.perf_counter() - t0:.1f} s; outputs under {out.resolve()}")
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from medstack.errors import MedstackError
+
+    try:
+        sys.exit(main())
+    except MedstackError as e:
+        print(f"demo: {e}", file=sys.stderr)
+        sys.exit(1)
