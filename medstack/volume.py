@@ -143,8 +143,8 @@ class Volume:
         data = self.data
         if not _is_tensor(data):
             arr = self.to_numpy()
-            if not arr.flags.writeable or not arr.dtype.isnative:
-                arr = np.array(arr, dtype=arr.dtype.newbyteorder("="))
+            if not arr.flags.writeable or not arr.dtype.isnative or any(st < 0 for st in arr.strides):
+                arr = np.array(arr, dtype=arr.dtype.newbyteorder("="))  # torch needs native, positive strides
             data = torch.from_numpy(arr)
         return data.to(device=device, dtype=dtype) if (device is not None or dtype is not None) else data
 
