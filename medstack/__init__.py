@@ -17,6 +17,8 @@ from medstack.errors import (
     UnknownFormatError,
 )
 from medstack.io import load, save
+from medstack.resample import resample  # the function shadows the submodule name on purpose
+from medstack.stack import stack
 from medstack.volume import Volume
 
 __version__ = "0.1.0"
@@ -32,5 +34,7 @@ __all__ = [
     "Volume",
     "__version__",
     "load",
+    "resample",
     "save",
+    "stack",
 ]

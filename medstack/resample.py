@@ -85,6 +85,7 @@ def resample(
     mode: str = "linear",
     pad_value: float | None = None,
     antialias: bool = False,
+    is_label: bool = False,
     dtype=None,
 ) -> Volume:
     """Resample ``volume`` in world space onto a new grid.
@@ -108,6 +109,9 @@ def resample(
     antialias : bool
         When downsampling an axis by a factor ``f > 1``, smooth it first with a Gaussian of
         ``sigma = (f - 1) / 2`` input voxels (as TorchIO / scikit-image), to avoid aliasing.
+    is_label : bool
+        The volume is a label map: requires ``mode="nearest"`` and integer values (a float label map with
+        fractional values is refused, naming the argument).
     dtype : optional
         Output dtype. Default: float32 for linear/cubic (float64 input stays float64), the input's dtype for
         nearest.
@@ -128,6 +132,10 @@ def resample(
 
     if mode not in MODES:
         raise MedstackError(f"mode must be one of {MODES}, got {mode!r}")
+    if not isinstance(volume, Volume):
+        raise MedstackError(f"volume must be a medstack.Volume, got {type(volume).__name__}")
+    if is_label:
+        check_label(volume, mode, what="volume")
     if like is not None:
         if spacing is not None or shape is not None:
             raise MedstackError("pass like= alone, not with spacing= or shape=")
@@ -176,6 +184,17 @@ def resample(
         out = out.round().to(in_dtype) if not in_dtype.is_floating_point else out.to(in_dtype)
     data = out.cpu().numpy() if is_numpy else out
     return Volume(data, out_affine, dict(vol.metadata))
+
+
+def check_label(volume: Volume, mode: str, *, what: str = "label") -> None:
+    """A label map must be resampled with nearest and hold integer values."""
+    if mode != "nearest":
+        raise MedstackError(f"{what} is a label map: resample it with mode='nearest' (got mode={mode!r}); linear "
+                            "interpolation would invent label values")  # fmt: skip
+    data = volume.to_numpy()
+    if data.dtype.kind == "f" and not np.array_equal(data, np.round(data)):
+        raise MedstackError(f"{what} is marked as a label map but holds non-integer values (dtype {data.dtype}); "
+                            "pass an integer label map or is_label=False")  # fmt: skip
 
 
 def _is_diagonal(m: np.ndarray) -> bool:
