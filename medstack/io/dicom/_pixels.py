@@ -152,13 +152,15 @@ def rescale(raw: np.ndarray, slopes: np.ndarray, inters: np.ndarray, dtype=None)
         lo, hi = float(raw.min()), float(raw.max())
         cands = [slopes.min() * lo, slopes.max() * lo, slopes.min() * hi, slopes.max() * hi]
         vmin, vmax = min(cands) + inters.min(), max(cands) + inters.max()
-        out_dtype = np.int16 if (vmin >= -32768 and vmax <= 32767) else np.int32
-        out = np.empty(raw.shape, dtype=out_dtype)
+        out_dtype = np.dtype(np.int16 if (vmin >= -32768 and vmax <= 32767) else np.int32)
+        # raw is our own buffer: work in place when the dtype allows (no second full-size array)
+        out = raw if raw.dtype == out_dtype else np.empty(raw.shape, dtype=out_dtype)
+        inter = out_dtype.type(inters.flat[0]) if np.all(inters == inters.flat[0]) else b.astype(out_dtype)
         if slopes.flat[0] != 1:
-            np.multiply(raw, out_dtype(slopes.flat[0]), out=out, casting="unsafe")
-            np.add(out, b.astype(out_dtype), out=out)
+            np.multiply(raw, out_dtype.type(slopes.flat[0]), out=out, casting="unsafe")
+            np.add(out, inter, out=out)
         else:
-            np.add(raw, b.astype(out_dtype), out=out, casting="unsafe")
+            np.add(raw, inter, out=out, casting="unsafe")
         return out
     out = raw.astype(np.float32)
     out *= s.astype(np.float32)
