@@ -205,7 +205,7 @@ class CropOrPad(Transform):
             fg = np.nonzero(sample[self.foreground_key].to_numpy().max(axis=0) > 0)
             if fg[0].size:
                 center = [(ax.min() + ax.max() + 1) / 2.0 for ax in fg]
-        self._start = [int(math.floor(c - z / 2.0)) for c, z in zip(center, self.size)]
+        self._start = [math.floor(c - z / 2.0) for c, z in zip(center, self.size)]
         if self.foreground_key is None or not self.allow_pad:
             self._start = [max(min(s, n - z), 0) if z <= n else s for s, z, n in zip(self._start, self.size, shape)]
         return super().__call__(sample, rng)
@@ -213,7 +213,7 @@ class CropOrPad(Transform):
     def apply(self, volume, params, key):
         start = getattr(self, "_start", None)
         if start is None:  # bare Volume call
-            start = [int(math.floor(n / 2.0 - z / 2.0)) for n, z in zip(volume.spatial_shape, self.size)]
+            start = [math.floor(n / 2.0 - z / 2.0) for n, z in zip(volume.spatial_shape, self.size)]
         return _record(volume, crop_or_pad_volume(volume, start, self.size, _fill(volume, self.pad_value)), "crop_or_pad")
 
 
