@@ -10,6 +10,8 @@
 
 from __future__ import annotations
 
+from monai.transforms import Randomizable
+
 from medstack.errors import MedstackError
 from medstack.volume import Volume
 
@@ -50,7 +52,7 @@ class FromMonai:
         return f"FromMonai({type(self.transform).__name__}, keys={list(self.keys)})"
 
 
-class ToMonai:
+class ToMonai(Randomizable):
     """Wrap a medstack transform for a ``monai.transforms.Compose`` over dicts of MetaTensors.
 
     Implements MONAI's ``set_random_state(seed=...)`` so ``monai.transforms.Compose.set_random_state`` and
@@ -65,10 +67,14 @@ class ToMonai:
         import numpy as np
         import torch
 
+        super().set_random_state(seed, state)
         if seed is None:
             seed = int(state.randint(0, 2**31 - 1)) if state is not None else int(np.random.SeedSequence().entropy % 2**31)
         self._gen = torch.Generator().manual_seed(int(seed))
         return self
+
+    def randomize(self, data=None) -> None:
+        """Draws happen inside the medstack transform, from the generator seeded here."""
 
     def __call__(self, data):
         from monai.data import MetaTensor
