@@ -62,6 +62,11 @@ def main(argv=None) -> int:
     ct = medstack.load(HERE / "dicom")  # the one non-localizer series
     png = save_preview(ct, out / "ct_phantom_preview.png", overwrite=args.overwrite, window="soft_tissue")
     print(f"  preview of {ct!r}\n    -> {png}")
+    print("3D patch training (examples/train_patches.py, short run):")
+    sys.path.insert(0, str(HERE.parent / "examples"))
+    import train_patches
+
+    train_patches.main(["--out", str(out / "train"), "--iterations", "6", "--workers", "1"])
     print(f"done in {time.perf_counter() - t0:.1f} s; outputs under {out.resolve()}")
     return 0
 

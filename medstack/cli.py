@@ -202,6 +202,16 @@ def cmd_preview(args) -> int:
     return 0
 
 
+def cmd_prepare(args) -> int:
+    from medstack.data import prepare
+
+    spacing = _triple(args.spacing, "--spacing") if args.spacing else None
+    manifest = prepare(args.manifest, args.output, spacing=spacing, workers=args.workers, overwrite=args.overwrite,
+                       progress=True)  # fmt: skip
+    print(manifest)
+    return 0
+
+
 def _series_arg(text):
     return int(text) if text.isdigit() else text
 
@@ -238,6 +248,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--keep-phi", action="store_true", help="allow patient-identifying values in names/sidecars")
     p.add_argument("--dask", metavar="ADDRESS", help="run the tasks on an existing Dask cluster (scheduler address)")
     p.set_defaults(func=cmd_convert)
+
+    p = sub.add_parser("prepare", help="cases (CSV/JSON manifest) -> HDF5 patch store + manifest.json")
+    p.add_argument("manifest", help="CSV or JSON with columns id, image (';'-separated channels), label")
+    p.add_argument("output", help="output folder")
+    p.add_argument("--spacing", help="resample every case to this spacing in mm: 'd,h,w' or one value")
+    p.add_argument("--workers", type=int, help="processes (default: all cores)")
+    p.add_argument("--overwrite", action="store_true", help="redo cases already prepared")
+    p.set_defaults(func=cmd_prepare)
 
     p = sub.add_parser("preview", help="PNG of three orthogonal slices")
     p.add_argument("path", help="volume file or DICOM folder")

@@ -1,0 +1,99 @@
+"""Train a small 3D U-Net on label-balanced patches from the sample data, then run sliding-window inference.
+
+    python examples/train_patches.py --iterations 20            # CPU, about a minute
+    python examples/train_patches.py --device cuda --iterations 500
+
+Prints loss, patches/s and the fraction of time the model waited for data.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+SAMPLES = HERE.parent / "data_samples" / "nifti"
+
+
+def main(argv=None) -> int:
+    import torch
+    from monai.networks.nets import UNet
+
+    import medstack
+    from medstack import transforms as T
+    from medstack.data import DevicePrefetcher, PatchDataset, make_loader, prepare
+    from medstack.patches import LabelSampler, sliding_window_inference
+    from medstack.transforms.gpu import BatchAugment
+
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", type=Path, default=Path("demo_output/train"))
+    p.add_argument("--iterations", type=int, default=20)
+    p.add_argument("--patch", type=int, default=32)
+    p.add_argument("--batch", type=int, default=4)
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--seed", type=int, default=0)
+    args = p.parse_args(argv)
+    torch.manual_seed(args.seed)
+
+    # 1. the patch store: T1 + T2 stacked on one grid, label, sampling lists (resumable: a re-run skips it)
+    cases = [{"id": "mr_case", "image": [str(SAMPLES / "mr_t1.nii.gz"), str(SAMPLES / "mr_t2.nii.gz")],
+              "label": str(SAMPLES / "mr_label.nii.gz")}]  # fmt: skip
+    manifest = prepare(cases, args.out / "store", workers=1)
+    print(f"store: {manifest}")
+
+    # 2. label-balanced patches, CPU-side z-score, GPU-side batched augmentation
+    norm = T.Compose([T.ZScore(keys="image", nonzero=True)], seed=args.seed)
+    ds = PatchDataset(args.out / "store", LabelSampler(args.patch, pos=2, neg=1), samples_per_volume=64,
+                      transform=norm, seed=args.seed)  # fmt: skip
+    loader = make_loader(ds, batch_size=args.batch, num_workers=args.workers, seed=args.seed)
+    augment = BatchAugment(rotation=10, scale=(0.9, 1.1), contrast=(0.9, 1.1), noise_std=(0.0, 0.05))
+    n_classes = 4
+    model = UNet(spatial_dims=3, in_channels=2, out_channels=n_classes, channels=(8, 16, 32), strides=(2, 2),
+                 num_res_units=1).to(args.device)  # fmt: skip
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    loss_fn = torch.nn.CrossEntropyLoss()
+
+    it, epoch, wait, t0, losses = 0, 0, 0.0, time.perf_counter(), []
+    while it < args.iterations:
+        ds.set_epoch(epoch)
+        tick = time.perf_counter()
+        for batch in DevicePrefetcher(loader, args.device, augment=augment, seed=args.seed + epoch):
+            wait += time.perf_counter() - tick
+            logits = model(batch["image"])
+            loss = loss_fn(logits, batch["label"][:, 0].long())
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            losses.append(float(loss.detach()))
+            it += 1
+            if it % 5 == 0 or it == 1:
+                print(f"iter {it:4d}  loss {np.mean(losses[-5:]):.4f}")
+            tick = time.perf_counter()
+            if it >= args.iterations:
+                break
+        epoch += 1
+    elapsed = time.perf_counter() - t0
+    print(f"trained {it} iterations: {it * args.batch / elapsed:.1f} patches/s, data wait {wait / elapsed:.0%} of the time")
+
+    # 3. sliding-window inference on the whole (normalised) case, stitched with Gaussian weights
+    model.eval()
+    t1 = medstack.load(SAMPLES / "mr_t1.nii.gz")
+    image = medstack.stack([t1, medstack.load(SAMPLES / "mr_t2.nii.gz")])
+    image = norm({"image": image}, index=0)["image"]
+    probs = sliding_window_inference(image, lambda x: torch.softmax(model(x.float()), 1), args.patch,
+                                     overlap=0.25, batch_size=args.batch, device=args.device)  # fmt: skip
+    seg = probs.replace(data=np.asarray(probs.to_numpy().argmax(0)[None], np.uint8))
+    out = medstack.save(seg, args.out / "prediction.nii.gz", overwrite=True)
+    truth = medstack.load(SAMPLES / "mr_label.nii.gz").to_numpy()
+    dice = [2 * np.sum((seg.data == c) & (truth == c)) / max(1, np.sum(seg.data == c) + np.sum(truth == c))
+            for c in range(1, n_classes)]  # fmt: skip
+    print(f"prediction -> {out}  (Dice per class after {it} iterations: {np.round(dice, 3).tolist()})")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,10 @@
+"""Datasets, preparation of the patch store, and DataLoader helpers for 3D training."""
+
+from medstack.data.datasets import CaseGroupedSampler, CaseStore, PatchDataset, QueueDataset, VolumeDataset
+from medstack.data.loader import DevicePrefetcher, make_loader
+from medstack.data.prepare import prepare, read_cases
+
+__all__ = [
+    "CaseGroupedSampler", "CaseStore", "DevicePrefetcher", "PatchDataset", "QueueDataset", "VolumeDataset",
+    "make_loader", "prepare", "read_cases",
+]  # fmt: skip

@@ -1,0 +1,300 @@
+"""Datasets for 3D training: patches read straight from the HDF5 store, a queue mode for whole-file formats,
+and whole volumes.
+
+Reproducibility: item ``i`` of epoch ``e`` is a pure function of ``(seed, e, i)`` — its case, its patch
+position and its augmentation — so results do not depend on ``num_workers``, and with a
+``DistributedSampler`` each rank reads distinct indices, hence distinct patches. Files are opened lazily in
+each worker process (never shared across fork). Items are plain dicts of tensors (``default_collate`` works):
+``image`` (C, pd, ph, pw) in the stored dtype (int16 stays int16 until the GPU), ``label``, ``case_id``,
+``start`` (voxel origin d, h, w), ``world_origin`` (RAS mm of the patch's first voxel), ``affine`` (patch).
+"""
+
+from __future__ import annotations
+
+import json
+from collections import OrderedDict
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from medstack.errors import MedstackError
+from medstack.patches.reading import read_patch
+from medstack.patches.samplers import CaseInfo, PatchSampler, _size3
+from medstack.volume import Volume
+
+__all__ = ["CaseGroupedSampler", "CaseStore", "PatchDataset", "QueueDataset", "VolumeDataset"]
+
+
+def _rng(seed: int, epoch: int, index: int) -> np.random.Generator:
+    return np.random.default_rng([int(seed), int(epoch) + 1, int(index)])
+
+
+class CaseStore:
+    """The prepared cases of ``medstack.data.prepare`` (a folder with manifest.json, the manifest itself, or a
+    list of case .h5 files). Opens files lazily, once per process."""
+
+    def __init__(self, source):
+        paths = []
+        if isinstance(source, str | Path) and Path(source).is_dir():
+            source = Path(source) / "manifest.json"
+        if isinstance(source, str | Path) and str(source).endswith(".json"):
+            manifest = Path(source)
+            if not manifest.exists():
+                raise MedstackError(f"{manifest}: no manifest; run medstack.data.prepare first")
+            entries = json.loads(manifest.read_text())["cases"]
+            paths = [manifest.parent / e["file"] for e in entries]
+            self.ids = [e["id"] for e in entries]
+        else:
+            paths = [Path(p) for p in ([source] if isinstance(source, str | Path) else source)]
+            self.ids = [p.stem for p in paths]
+        if not paths:
+            raise MedstackError("CaseStore: no cases")
+        for p in paths:
+            if not p.exists():
+                raise MedstackError(f"{p}: case file missing (re-run prepare)")
+        self.paths = [str(p) for p in paths]
+        self._open: dict[int, tuple] = {}
+
+    def __len__(self):
+        return len(self.paths)
+
+    def case(self, i: int):
+        """(image H5Array-backed Volume, label Volume or None, CaseInfo), opened once per process."""
+        import os
+
+        key = (i, os.getpid())
+        hit = self._open.get(key)
+        if hit is not None:
+            return hit
+        import h5py
+
+        from medstack.io.store import read_h5
+
+        image = read_h5(self.paths[i], name="image", lazy=True)
+        with h5py.File(self.paths[i], "r") as f:
+            has_label = "label" in f["volumes"]
+            voxels, bg = {}, None
+            if "sampling" in f:
+                for name, ds in f["sampling"].items():
+                    v = int(name.split("_")[1])
+                    if v == 0:
+                        bg = ds[()]
+                    else:
+                        voxels[v] = ds[()]
+        label = read_h5(self.paths[i], name="label", lazy=True) if has_label else None
+        info = CaseInfo(image.spatial_shape, voxels, bg)
+        self._open = {k: v for k, v in self._open.items() if k[1] == os.getpid()}
+        self._open[key] = (image, label, info)
+        return self._open[key]
+
+    def __getstate__(self):
+        state = dict(self.__dict__)
+        state["_open"] = {}
+        return state
+
+
+def _patch_item(case_id: str, image: Volume, label, start, patch_size, pad_value, transform, rng_torch):
+    p = _size3(patch_size)
+    img = read_patch(image.data, start, p, pad_value)
+    affine = np.array(image.affine)
+    affine[:3, 3] = affine[:3, :3] @ np.asarray(start[::-1], dtype=np.float64) + affine[:3, 3]
+    sample = {"image": Volume(img, affine)}
+    if label is not None:
+        sample["label"] = Volume(read_patch(label.data, start, p, 0), affine)
+    if transform is not None:
+        sample = transform(sample, rng_torch)
+    import torch
+
+    out = {"case_id": case_id, "start": torch.as_tensor(np.asarray(start, np.int64))}
+    for k, v in sample.items():
+        if isinstance(v, Volume):
+            out[k] = v.to_tensor()
+            if k == "image":
+                out["affine"] = torch.as_tensor(np.array(v.affine))
+                out["world_origin"] = torch.as_tensor(np.asarray(v.affine)[:3, 3].copy())
+        else:
+            out[k] = v
+    return out
+
+
+class PatchDataset:
+    """Random patches read from the prepared HDF5 store (only each patch's chunks are read).
+
+    Parameters
+    ----------
+    store : CaseStore, folder, manifest or list of case files
+    sampler : PatchSampler (UniformSampler, LabelSampler, WeightedSampler)
+    patch_size : (pd, ph, pw); the sampler's patch size is used when omitted
+    samples_per_volume : patches drawn per case per epoch (len = cases x samples_per_volume)
+    transform : a medstack transform / Compose applied to {"image", "label"} patch Volumes, or None
+    seed : base seed; item i of epoch e depends on (seed, e, i) only
+    pad_value : image value outside the volume (labels pad with 0)
+    """
+
+    def __init__(self, store, sampler: PatchSampler, patch_size=None, samples_per_volume: int = 8, *,
+                 transform=None, seed: int = 0, pad_value: float = 0.0):  # fmt: skip
+        self.store = store if isinstance(store, CaseStore) else CaseStore(store)
+        if not isinstance(sampler, PatchSampler):
+            raise MedstackError(f"sampler must be a medstack PatchSampler, got {type(sampler).__name__}")
+        self.sampler = sampler
+        self.patch_size = sampler.patch_size if patch_size is None else _size3(patch_size)
+        if not np.array_equal(self.patch_size, sampler.patch_size):
+            raise MedstackError(f"patch_size {tuple(self.patch_size)} differs from the sampler's {tuple(sampler.patch_size)}")
+        if samples_per_volume < 1:
+            raise MedstackError("samples_per_volume must be >= 1")
+        self.samples_per_volume = int(samples_per_volume)
+        self.transform, self.seed, self.pad_value = transform, int(seed), pad_value
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Call at the start of each epoch (as with DistributedSampler) for fresh patches and augmentations."""
+        self.epoch = int(epoch)
+
+    def __len__(self):
+        return len(self.store) * self.samples_per_volume
+
+    def locate(self, index: int) -> tuple[int, np.ndarray]:
+        """(case index, patch start) of item ``index`` in the current epoch."""
+        if not 0 <= index < len(self):
+            raise IndexError(index)
+        rng = _rng(self.seed, self.epoch, index)
+        case_i = index // self.samples_per_volume
+        _, _, info = self.store.case(case_i)
+        return case_i, self.sampler.sample(info, rng, 1)[0]
+
+    def __getitem__(self, index: int):
+        from medstack.transforms.base import generator_for
+
+        case_i, start = self.locate(index)
+        image, label, _ = self.store.case(case_i)
+        gen = generator_for(self.seed, self.epoch, index) if self.transform is not None else None
+        return _patch_item(self.store.ids[case_i], image, label, start, self.patch_size, self.pad_value,
+                           self.transform, gen)  # fmt: skip
+
+
+class CaseGroupedSampler:
+    """Index order for :class:`QueueDataset`: cases shuffled per epoch (seeded), each case's patches
+    consecutive, so a worker's small volume cache is hit ``samples_per_volume`` times per load. Handles ranks
+    (``num_replicas``/``rank``: each rank gets distinct cases)."""
+
+    def __init__(self, dataset, *, seed: int = 0, num_replicas: int = 1, rank: int = 0):
+        self.dataset, self.seed, self.num_replicas, self.rank = dataset, int(seed), int(num_replicas), int(rank)
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def _cases(self):
+        order = _rng(self.seed, self.epoch, 0).permutation(self.dataset.n_cases)
+        return order[self.rank :: self.num_replicas]
+
+    def __iter__(self):
+        spv = self.dataset.samples_per_volume
+        for c in self._cases():
+            yield from range(int(c) * spv, (int(c) + 1) * spv)
+
+    def __len__(self):
+        return len(self._cases()) * self.dataset.samples_per_volume
+
+
+class QueueDataset:
+    """Queue mode for files that cannot be read partially (.nii.gz, DICOM): each worker loads a volume once
+    (``medstack.load``), keeps up to ``cache_bytes`` of volumes (LRU, per worker) and draws several patches from
+    it. Use with :class:`CaseGroupedSampler` so consecutive indices share a case. Items have the same form as
+    :class:`PatchDataset`'s; item i of epoch e is a pure function of (seed, e, i)."""
+
+    def __init__(self, cases: Sequence[dict], sampler: PatchSampler, samples_per_volume: int = 8, *,
+                 transform=None, seed: int = 0, cache_bytes: int = 2 << 30, pad_value: float = 0.0,
+                 label_max_per_class: int = 20000):  # fmt: skip
+        from medstack.data.prepare import read_cases
+
+        self.cases = read_cases(cases)
+        self.sampler, self.samples_per_volume = sampler, int(samples_per_volume)
+        self.transform, self.seed, self.cache_bytes, self.pad_value = transform, int(seed), int(cache_bytes), pad_value
+        self.label_max_per_class = label_max_per_class
+        self.epoch = 0
+        self._cache: OrderedDict = OrderedDict()
+
+    @property
+    def n_cases(self) -> int:
+        return len(self.cases)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __len__(self):
+        return self.n_cases * self.samples_per_volume
+
+    def _load(self, c: int):
+        import medstack
+        from medstack.patches.samplers import class_voxel_lists
+
+        if c in self._cache:
+            self._cache.move_to_end(c)
+            return self._cache[c]
+        case = self.cases[c]
+        vols = [medstack.load(p) for p in case["image"]]
+        image = medstack.stack(vols) if len(vols) > 1 else vols[0]
+        label, info = None, CaseInfo(image.spatial_shape)
+        if case["label"]:
+            label = medstack.load(case["label"])
+            if label.spatial_shape != image.spatial_shape:
+                label = medstack.resample(label, like=image, mode="nearest", is_label=True)
+            voxels, _, _ = class_voxel_lists(label.to_numpy()[0], max_per_class=self.label_max_per_class)
+            info = CaseInfo(image.spatial_shape, {k: v for k, v in voxels.items() if k > 0}, voxels.get(0))
+        entry = (image, label, info)
+        self._cache[c] = entry
+        while len(self._cache) > 1 and sum(e[0].nbytes + (e[1].nbytes if e[1] else 0) for e in self._cache.values()) > self.cache_bytes:
+            self._cache.popitem(last=False)
+        return entry
+
+    def __getitem__(self, index: int):
+        from medstack.transforms.base import generator_for
+
+        if not 0 <= index < len(self):
+            raise IndexError(index)
+        c = index // self.samples_per_volume
+        image, label, info = self._load(c)
+        start = self.sampler.sample(info, _rng(self.seed, self.epoch, index), 1)[0]
+        gen = generator_for(self.seed, self.epoch, index) if self.transform is not None else None
+        return _patch_item(self.cases[c]["id"], image, label, start, self.sampler.patch_size, self.pad_value,
+                           self.transform, gen)  # fmt: skip
+
+    def __getstate__(self):
+        state = dict(self.__dict__)
+        state["_cache"] = OrderedDict()
+        return state
+
+
+class VolumeDataset:
+    """Whole volumes: item i is ``{"image": (C, D, H, W) tensor, "label"?, "affine", "case_id"}`` (batch size 1
+    unless all volumes share a shape)."""
+
+    def __init__(self, cases, *, transform=None, seed: int = 0):
+        from medstack.data.prepare import read_cases
+
+        self.cases, self.transform, self.seed, self.epoch = read_cases(cases), transform, int(seed), 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __len__(self):
+        return len(self.cases)
+
+    def __getitem__(self, index: int):
+        import torch
+
+        import medstack
+        from medstack.transforms.base import generator_for
+
+        case = self.cases[index]
+        vols = [medstack.load(p) for p in case["image"]]
+        sample = {"image": medstack.stack(vols) if len(vols) > 1 else vols[0]}
+        if case["label"]:
+            sample["label"] = medstack.load(case["label"])
+        if self.transform is not None:
+            sample = self.transform(sample, generator_for(self.seed, self.epoch, index))
+        out = {"case_id": case["id"], "affine": torch.as_tensor(np.array(sample["image"].affine))}
+        out.update({k: v.to_tensor() for k, v in sample.items() if isinstance(v, Volume)})
+        return out

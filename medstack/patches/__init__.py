@@ -1,0 +1,19 @@
+"""Patch positions (samplers), patch reading and stitching predictions back (aggregator)."""
+
+from medstack.patches.aggregator import Aggregator, gaussian_weights, sliding_window_inference
+from medstack.patches.reading import read_patch
+from medstack.patches.samplers import (
+    CaseInfo,
+    GridSampler,
+    LabelSampler,
+    PatchSampler,
+    UniformSampler,
+    WeightedSampler,
+    class_voxel_lists,
+    grid_positions,
+)
+
+__all__ = [
+    "Aggregator", "CaseInfo", "GridSampler", "LabelSampler", "PatchSampler", "UniformSampler", "WeightedSampler",
+    "class_voxel_lists", "gaussian_weights", "grid_positions", "read_patch", "sliding_window_inference",
+]  # fmt: skip
