@@ -36,6 +36,9 @@ class CaseStore:
 
     def __init__(self, source):
         paths = []
+        if isinstance(source, str | Path) and not Path(source).exists():
+            raise MedstackError(f"{source}: no such store (a folder made by medstack.data.prepare, its "
+                                "manifest.json, or case .h5 files)")  # fmt: skip
         if isinstance(source, str | Path) and Path(source).is_dir():
             source = Path(source) / "manifest.json"
         if isinstance(source, str | Path) and str(source).endswith(".json"):

@@ -1,0 +1,246 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+
+import medstack
+from medstack.data import (
+    CaseGroupedSampler,
+    DevicePrefetcher,
+    PatchDataset,
+    QueueDataset,
+    VolumeDataset,
+    make_loader,
+    prepare,
+)
+from medstack.errors import MedstackError
+from medstack.patches import (
+    Aggregator,
+    CaseInfo,
+    GridSampler,
+    LabelSampler,
+    UniformSampler,
+    WeightedSampler,
+    class_voxel_lists,
+    grid_positions,
+    read_patch,
+    sliding_window_inference,
+)
+from medstack.testing import axis_code_affine, center_affine, phantom_pair, random_affine
+from medstack.transforms.gpu import BatchAugment
+
+
+def label_case(shape=(40, 48, 44)):
+    lab = np.zeros(shape, np.uint8)
+    lab[5:12, 6:14, 8:15] = 1
+    lab[25:30, 30:36, 20:26] = 2
+    voxels, counts, boxes = class_voxel_lists(lab, max_per_class=5000)
+    return lab, CaseInfo(shape, {k: v for k, v in voxels.items() if k}, voxels[0]), counts
+
+
+def centre_labels(lab, starts, patch):
+    c = starts + np.asarray(patch) // 2
+    c = np.clip(c, 0, np.array(lab.shape) - 1)
+    return lab[c[:, 0], c[:, 1], c[:, 2]]
+
+
+def test_pos_neg_ratio_holds():
+    lab, case, _ = label_case()
+    s = LabelSampler(8, pos=3, neg=1)
+    starts = s.sample(case, np.random.default_rng(0), 4000)
+    # small patches fit everywhere, so the centre is the drawn voxel
+    frac = (centre_labels(lab, starts, (8, 8, 8)) > 0).mean()
+    assert abs(frac - 0.75) < 0.03
+
+
+def test_class_ratios_hold_and_missing_class_is_skipped():
+    lab, case, _ = label_case()
+    s = LabelSampler(8, ratios={0: 1, 1: 1, 2: 2, 3: 5})  # class 3 absent: its weight is dropped
+    values = centre_labels(lab, s.sample(case, np.random.default_rng(1), 4000), (8, 8, 8))
+    fr = np.bincount(values, minlength=3) / len(values)
+    np.testing.assert_allclose(fr, [0.25, 0.25, 0.5], atol=0.03)
+
+
+def test_empty_label_falls_back_gracefully():
+    lab = np.zeros((20, 20, 20), np.uint8)
+    voxels, _, _ = class_voxel_lists(lab)
+    case = CaseInfo(lab.shape, {}, voxels[0])
+    starts = LabelSampler(8, pos=1, neg=0).sample(case, np.random.default_rng(0), 50)
+    assert starts.shape == (50, 3) and (starts >= 0).all()
+    starts = LabelSampler(8).sample(CaseInfo((20, 20, 20)), np.random.default_rng(0), 10)  # no lists at all
+    assert starts.shape == (10, 3)
+
+
+def test_uniform_covers_the_volume_and_small_volumes_pad():
+    case = CaseInfo((30, 20, 25))
+    starts = UniformSampler((10, 10, 10)).sample(case, np.random.default_rng(0), 20000)
+    assert starts.min(axis=0).tolist() == [0, 0, 0]
+    assert starts.max(axis=0).tolist() == [20, 10, 15]
+    assert len(np.unique(starts[:, 0])) == 21
+    small = UniformSampler((40, 10, 10)).sample(case, np.random.default_rng(0), 3)
+    assert (small[:, 0] == -5).all()  # centred, padded
+
+
+def test_weighted_sampler_follows_the_map():
+    w = np.zeros((20, 20, 20))
+    w[15, 15, 15] = 1.0
+    starts = WeightedSampler(4).sample(CaseInfo(w.shape, weights=w), np.random.default_rng(0), 10)
+    assert (starts == [13, 13, 13]).all()
+    with pytest.raises(MedstackError, match="weights"):
+        WeightedSampler(4).sample(CaseInfo(w.shape), np.random.default_rng(0))
+
+
+@pytest.mark.parametrize("shape, patch, overlap", [((50, 37, 20), (16, 16, 16), 0.25), ((10, 64, 64), (16, 32, 32), 0.5)])
+def test_grid_covers_every_voxel(shape, patch, overlap):
+    starts = grid_positions(shape, patch, overlap)
+    cover = np.zeros(shape, int)
+    for s in starts:
+        lo = np.maximum(s, 0)
+        hi = np.minimum(s + patch, shape)
+        cover[lo[0] : hi[0], lo[1] : hi[1], lo[2] : hi[2]] += 1
+    assert cover.min() >= 1
+    np.testing.assert_array_equal(GridSampler(patch, overlap).sample(CaseInfo(shape)), starts)
+
+
+def test_read_patch_pads_outside():
+    data = np.arange(2 * 4 * 5 * 6).reshape(2, 4, 5, 6)
+    p = read_patch(data, (-1, 3, 4), (3, 4, 4), pad_value=-7)
+    assert p.shape == (2, 3, 4, 4)
+    np.testing.assert_array_equal(p[:, 1:, :2, :2], data[:, 0:2, 3:5, 4:6])
+    assert (p[:, 0] == -7).all() and (p[:, :, 2:] == -7).all()
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    root = tmp_path_factory.mktemp("store")
+    cases = []
+    for k in range(3):
+        affine = center_affine(random_affine(np.random.default_rng(k), oblique=False, spacing_range=(2, 4)), (24, 28, 26))
+        img, lab = phantom_pair((24, 28, 26), affine, seed=k, kind="ct")
+        medstack.save(img, root / f"img{k}.nii.gz")
+        medstack.save(lab, root / f"lab{k}.nii.gz")
+        cases.append({"id": f"case{k}", "image": str(root / f"img{k}.nii.gz"), "label": str(root / f"lab{k}.nii.gz")})
+    manifest = prepare(cases, root / "out", workers=1)
+    return root, cases, manifest
+
+
+def test_prepare_writes_store_and_manifest(store):
+    root, cases, manifest = store
+    entries = json.loads(manifest.read_text())["cases"]
+    assert [e["id"] for e in entries] == ["case0", "case1", "case2"]
+    vol = medstack.load(root / "out" / "case1.h5", name="image")
+    src = medstack.load(root / "img1.nii.gz")
+    np.testing.assert_array_equal(vol.data, src.data)
+    np.testing.assert_allclose(vol.affine, src.affine)
+    assert vol.dtype == np.int16  # native dtype kept
+    assert set(entries[1]["classes"]) >= {"0", "1"}
+
+
+def test_prepare_is_resumable_and_reports_failures(store, tmp_path):
+    root, cases, manifest = store
+    before = (root / "out" / "case0.h5").stat().st_mtime_ns
+    prepare(cases, root / "out", workers=1)
+    assert (root / "out" / "case0.h5").stat().st_mtime_ns == before
+    bad = cases[:1] + [{"id": "broken", "image": str(root / "missing.nii.gz"), "label": None}]
+    with pytest.raises(MedstackError, match=r"1 case\(s\) failed: broken: ReadError"):
+        prepare(bad, tmp_path / "o", workers=1)
+    assert [e["id"] for e in json.loads((tmp_path / "o" / "manifest.json").read_text())["cases"]] == ["case0"]
+    assert not list((tmp_path / "o").glob("*.partial"))
+
+
+def test_patch_from_store_equals_crop_of_eager_volume(store):
+    root, cases, manifest = store
+    ds = PatchDataset(root / "out", UniformSampler((12, 40, 10)), samples_per_volume=5, seed=3)
+    for i in range(len(ds)):
+        item = ds[i]
+        case_i = i // 5
+        eager = medstack.load(cases[case_i]["image"]).data
+        expected = read_patch(eager, item["start"].numpy(), (12, 40, 10), 0)
+        np.testing.assert_array_equal(item["image"].numpy(), expected)
+        assert item["image"].dtype == torch.int16
+        src = medstack.load(cases[case_i]["image"])
+        np.testing.assert_allclose(item["world_origin"].numpy(), src.voxel_to_world(item["start"].numpy()[::-1]))
+
+
+def _collect(ds, workers, sampler=None):
+    loader = make_loader(ds, batch_size=3, num_workers=workers, shuffle=False, sampler=sampler)
+    return [(b["case_id"], b["start"], b["image"]) for b in loader]
+
+
+def test_reproducible_across_workers_and_runs_and_epochs(store):
+    root, _, _ = store
+    ds = PatchDataset(root / "out", LabelSampler(16, pos=1, neg=1), samples_per_volume=4, seed=5)
+    a = _collect(ds, 0)
+    b = _collect(ds, 2)
+    c = _collect(PatchDataset(root / "out", LabelSampler(16, pos=1, neg=1), samples_per_volume=4, seed=5), 0)
+    for x, y, z in zip(a, b, c):
+        assert x[0] == y[0] == z[0]
+        torch.testing.assert_close(x[2], y[2])
+        torch.testing.assert_close(x[2], z[2])
+    ds.set_epoch(1)
+    d = _collect(ds, 0)
+    assert any(not torch.equal(x[1], y[1]) for x, y in zip(a, d))
+
+
+def test_distinct_patches_across_ranks(store):
+    from torch.utils.data.distributed import DistributedSampler
+
+    root, _, _ = store
+    ds = PatchDataset(root / "out", UniformSampler(8), samples_per_volume=8, seed=1)
+    seen = []
+    for rank in (0, 1):
+        sampler = DistributedSampler(ds, num_replicas=2, rank=rank, shuffle=True, seed=0)
+        seen.append({(c, tuple(s.tolist())) for b in _collect(ds, 0, sampler) for c, s in zip(b[0], b[1])})
+    assert seen[0] and seen[1] and not (seen[0] & seen[1])
+
+
+def test_queue_mode_matches_store_patches(store):
+    root, cases, _ = store
+    q = QueueDataset(cases, UniformSampler(10), samples_per_volume=4, seed=9, cache_bytes=1 << 20)
+    p = PatchDataset(root / "out", UniformSampler(10), samples_per_volume=4, seed=9)
+    for i in range(len(q)):
+        np.testing.assert_array_equal(q[i]["image"].numpy(), p[i]["image"].numpy())
+        np.testing.assert_array_equal(q[i]["label"].numpy(), p[i]["label"].numpy())
+    order = list(CaseGroupedSampler(q, seed=0))
+    assert sorted(order) == list(range(len(q)))
+    assert all(order[k] // 4 == order[k + 1] // 4 for k in range(0, len(order), 4) for _ in [0] if k + 1 < len(order))
+    batches = _collect(q, 2, CaseGroupedSampler(q, seed=0))
+    assert sum(len(b[0]) for b in batches) == len(q)
+
+
+def test_volume_dataset(store):
+    _, cases, _ = store
+    ds = VolumeDataset(cases)
+    item = ds[1]
+    assert item["image"].shape == (1, 24, 28, 26) and item["label"].shape == (1, 24, 28, 26)
+
+
+@pytest.mark.parametrize("mode", ["constant", "gaussian"])
+def test_aggregator_identity_reproduces_input(mode):
+    img, _ = phantom_pair((30, 26, 34), axis_code_affine("RAS"), seed=1, kind="mr")
+    out = sliding_window_inference(img, lambda x: x, (16, 16, 16), overlap=0.3, batch_size=3, mode=mode)
+    np.testing.assert_allclose(out.data, img.data, rtol=1e-5, atol=1e-3)
+    np.testing.assert_array_equal(out.affine, img.affine)
+    agg = Aggregator((4, 4, 4), 4, 1)
+    with pytest.raises(MedstackError, match="not covered"):
+        agg.result()
+
+
+def test_device_prefetcher_with_batch_augment_on_cpu(store):
+    root, _, _ = store
+    ds = PatchDataset(root / "out", LabelSampler(16), samples_per_volume=2, seed=0)
+    loader = make_loader(ds, batch_size=2, num_workers=0, shuffle=False)
+    batches = list(DevicePrefetcher(loader, "cpu", augment=BatchAugment(rotation=10), seed=0))
+    assert len(batches) == 3
+    assert batches[0]["image"].dtype == torch.float32 and batches[0]["label"].dtype == torch.uint8
+
+
+def test_bad_dataset_arguments(store):
+    root, _, _ = store
+    with pytest.raises(MedstackError, match="sampler must be"):
+        PatchDataset(root / "out", object())
+    with pytest.raises(MedstackError, match="differs from the sampler"):
+        PatchDataset(root / "out", UniformSampler(8), patch_size=16)
+    with pytest.raises(MedstackError, match="no such store"):
+        PatchDataset(root / "nothing", UniformSampler(8))
