@@ -98,6 +98,8 @@ def orthoview(volume: Volume, *, at=None, label: Volume | None = None, window=No
     from matplotlib.figure import Figure
 
     vol = _check(volume)
+    if min(vol.spatial_shape) < 1 or vol.to_numpy().size == 0:
+        raise MedstackError("cannot show an empty volume")
     if not 0 <= channel < vol.n_channels:
         raise MedstackError(f"channel {channel} out of range for {vol.n_channels} channel(s)")
     vol = vol.replace(data=vol.to_numpy()[channel : channel + 1]).reoriented("LPS")
@@ -140,6 +142,158 @@ def orthoview(volume: Volume, *, at=None, label: Volume | None = None, window=No
                  f"{world[2]:.1f}) mm RAS", fontsize=9)  # fmt: skip
     fig.tight_layout()
     return fig
+
+
+def _as_volume(obj, what="volume") -> tuple[Volume, Volume | None]:
+    """A Volume (and a label) from a Volume or a sample dict {"image": ..., "label": ...}."""
+    if isinstance(obj, dict):
+        if "image" not in obj:
+            raise MedstackError(f"{what}: a sample dict needs an 'image' key (it has {sorted(map(str, obj))})")
+        lab = obj.get("label")
+        return _check(obj["image"]), (lab if isinstance(lab, Volume) else None)
+    if isinstance(obj, np.ndarray) or type(obj).__module__.startswith("torch"):
+        raise MedstackError(f"{what}: got a bare {type(obj).__name__} of shape {tuple(obj.shape)}; wrap it with its "
+                            "geometry: medstack.Volume(array[None], affine) (a 2D array is not a volume)")  # fmt: skip
+    return _check(obj, what), None
+
+
+def _label_on_grid(label: Volume | None, image: Volume) -> Volume | None:
+    if label is None:
+        return None
+    if label.spatial_shape == image.spatial_shape and np.allclose(label.affine, image.affine, atol=1e-4):
+        return label
+    import warnings
+
+    from medstack.resample import resample
+
+    out = resample(label, like=image, mode="nearest")  # raises when the grids do not overlap at all
+    warnings.warn("label grid differs from the image grid: resampled onto it (nearest) for display", stacklevel=3)
+    return out
+
+
+def show(volume_or_sample, at=None, label: Volume | None = None, window=None, *, title=None, channel: int = 0):
+    """Three orthogonal slices in anatomical orientation with letters, mm axes, optional label overlay.
+
+    Returns a matplotlib Figure (no global pyplot state). A sample dict shows its "image" with its "label".
+    """
+    vol, lab = _as_volume(volume_or_sample)
+    lab = _label_on_grid(label if label is not None else lab, vol)
+    return orthoview(vol, at=at, label=lab, window=window, title=title, channel=channel)
+
+
+def _panel_boxes(vol: Volume, starts, patch_size, view: str, index_ijk):
+    """Rectangles (x0, y0, w, h in mm panel coordinates) of the patches that cross the displayed plane."""
+    spec = _VIEWS[view]
+    lps = vol.reoriented("LPS")
+    sp = np.linalg.norm(lps.affine[:3, :3], axis=0)
+    shape_ijk = np.array(lps.spatial_shape[::-1])
+    out = []
+    for start in np.asarray(starts).reshape(-1, 3):
+        # patch corners in the original grid (d, h, w) -> world -> LPS voxel indices
+        corners = np.array([[start[0] + a * patch_size[0], start[1] + b * patch_size[1], start[2] + c * patch_size[2]]
+                            for a in (0, 1) for b in (0, 1) for c in (0, 1)], dtype=np.float64) - 0.5  # fmt: skip
+        ijk = lps.world_to_voxel(vol.voxel_to_world(corners[:, ::-1]))
+        lo, hi = ijk.min(axis=0), ijk.max(axis=0)
+        f = spec["fixed"]
+        if not lo[f] <= index_ijk[f] <= hi[f]:
+            continue
+        r, c = spec["rows"], spec["cols"]
+        x0, x1 = (lo[c] + 0.5) * sp[c], (hi[c] + 0.5) * sp[c]
+        if spec["flip_rows"]:
+            y0, y1 = (shape_ijk[r] - 1 - hi[r] + 0.5) * sp[r], (shape_ijk[r] - 1 - lo[r] + 0.5) * sp[r]
+        else:
+            y0, y1 = (lo[r] + 0.5) * sp[r], (hi[r] + 0.5) * sp[r]
+        out.append((x0, y0, x1 - x0, y1 - y0))
+    return out
+
+
+def show_patches(volume_or_sample, patch_positions, patch_size, *, at=None, window=None, title=None, color="cyan"):
+    """Draw patch boxes (starts ``(n, 3)`` in voxels d, h, w of the volume) on the three planes.
+
+    The planes pass through ``at`` (default: the centre of the first patch).
+    """
+    from matplotlib.patches import Rectangle
+
+    vol, lab = _as_volume(volume_or_sample)
+    starts = np.asarray(patch_positions, dtype=np.float64).reshape(-1, 3)
+    size = np.broadcast_to(np.asarray(patch_size, dtype=np.float64), (3,))
+    if at is None and len(starts):
+        at = vol.voxel_to_world((starts[0] + size / 2 - 0.5)[::-1])
+    fig = orthoview(vol, at=at, label=lab, window=window,
+                    title=title or f"{len(starts)} patches of {tuple(int(s) for s in size)}")
+    lps = vol.reoriented("LPS")
+    index = np.round(lps.world_to_voxel(np.asarray(at))).astype(int) if at is not None else (np.array(lps.spatial_shape[::-1]) - 1) // 2
+    for ax, view in zip(fig.axes, ("axial", "coronal", "sagittal")):
+        for x0, y0, w, h in _panel_boxes(vol, starts, size, view, index):
+            ax.add_patch(Rectangle((x0, y0), w, h, fill=False, edgecolor=color, linewidth=1.2))
+    return fig
+
+
+def show_sampling_map(volume: Volume, sampler, *, case=None, n: int = 2000, seed: int = 0, window=None):
+    """Where a sampler draws patch centres: a heat map of ``n`` draws over the three planes' maximum projection."""
+    from medstack.patches.samplers import CaseInfo
+
+    vol, _ = _as_volume(volume)
+    info = case if case is not None else CaseInfo(vol.spatial_shape)
+    starts = sampler.sample(info, np.random.default_rng(seed), n)
+    centres = np.clip(starts + sampler.patch_size // 2, 0, np.array(vol.spatial_shape) - 1)
+    counts = np.zeros(vol.spatial_shape, np.float32)
+    np.add.at(counts, tuple(centres.T), 1.0)
+    heat = vol.replace(data=counts[None])
+    fig = orthoview(vol, window=window, title=f"{type(sampler).__name__}: {n} patch centres (max projection)")
+    lps = heat.reoriented("LPS").to_numpy()[0]
+    for ax, view in zip(fig.axes, ("axial", "coronal", "sagittal")):
+        spec = _VIEWS[view]
+        proj = lps.max(axis=2 - spec["fixed"])
+        remaining = [a for a in (2, 1, 0) if a != spec["fixed"]]
+        if remaining[0] != spec["rows"]:
+            proj = proj.T
+        if spec["flip_rows"]:
+            proj = proj[::-1]
+        ax.imshow(np.ma.masked_equal(proj, 0), cmap="autumn", alpha=0.7, extent=ax.images[0].get_extent(),
+                  interpolation="nearest")  # fmt: skip
+    return fig
+
+
+def compare(a: Volume, b: Volume, *, at=None, window=None, titles=("before", "after")):
+    """Two rows of orthogonal slices (e.g. before / after a transform), each through the same world point."""
+    from matplotlib.figure import Figure
+
+    va, _ = _as_volume(a, "a")
+    vb, _ = _as_volume(b, "b")
+    if at is None:
+        at = va.voxel_to_world((np.array(va.spatial_shape[::-1]) - 1) / 2)
+    fig = Figure(figsize=(12, 8.6), dpi=100)
+    subfigs = fig.subfigures(2, 1)
+    for sub, vol, name in zip(subfigs, (va, vb), titles):
+        single = orthoview(vol, at=at, window=window, title=name)
+        axes = sub.subplots(1, 3)
+        for dst, src in zip(axes, single.axes):
+            img = src.images[0]
+            dst.imshow(img.get_array(), cmap="gray", norm=img.norm, extent=img.get_extent(), interpolation="nearest")
+            for t in src.texts:
+                dst.text(*t.get_position(), t.get_text(), color="yellow", fontsize=12, fontweight="bold",
+                         ha="center", va="center")  # fmt: skip
+            dst.set_title(f"{name}: {src.get_title()}")
+    return fig
+
+
+def thumbnail_png(volume: Volume, size: int = 96) -> bytes:
+    """A small PNG (axial slice through the centre) for notebook summaries."""
+    import io
+
+    from matplotlib.figure import Figure
+
+    vol = volume.materialized().replace(data=volume.to_numpy()[:1]).reoriented("LPS")
+    plane, extent = _panel(vol, "axial", (np.array(vol.spatial_shape[::-1]) - 1) // 2)
+    vmin, vmax = parse_window(None, plane)
+    fig = Figure(figsize=(size / 50, size / 50), dpi=50)
+    ax = fig.add_axes([0, 0, 1, 1])
+    ax.imshow(plane, cmap="gray", vmin=vmin, vmax=vmax, extent=extent)
+    ax.axis("off")
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    return buf.getvalue()
 
 
 def _check(volume, what="volume") -> Volume:

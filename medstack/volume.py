@@ -214,6 +214,25 @@ class Volume:
         return cls(data, affine, dict(metadata or {}))
 
     # -- display ----------------------------------------------------------------------------------
+    def _repr_html_(self) -> str:
+        """Notebook summary: geometry table and an axial thumbnail."""
+        import base64
+        import html
+
+        try:
+            from medstack.viz import thumbnail_png
+
+            img = base64.b64encode(thumbnail_png(self)).decode()
+            thumb = f'<img src="data:image/png;base64,{img}" style="float:right;margin-left:8px"/>'
+        except Exception:  # a thumbnail must never break the repr
+            thumb = ""
+        rows = [("shape (C, D, H, W)", self.shape), ("spacing (D, H, W) mm", tuple(round(s, 4) for s in self.spacing)),
+                ("orientation", self.orientation), ("origin RAS mm", tuple(round(o, 2) for o in self.origin)),
+                ("dtype", str(self.dtype).replace("torch.", "")), ("size", _human_bytes(self.nbytes)),
+                ("source", self.metadata.get("source", ""))]  # fmt: skip
+        table = "".join(f"<tr><td><b>{html.escape(k)}</b></td><td>{html.escape(str(v))}</td></tr>" for k, v in rows)
+        return f"<div>{thumb}<b>medstack.Volume</b><table>{table}</table></div>"
+
     def __repr__(self) -> str:
         sp = ", ".join(f"{s:.3g}" for s in self.spacing)
         kind = "lazy" if self.is_lazy else ("torch" + (f":{self.data.device}" if _is_tensor(self.data) else ""))
