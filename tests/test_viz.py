@@ -102,9 +102,9 @@ def test_bad_input():
     other = Volume(np.zeros((1, 5, 5, 5), np.uint8), axis_code_affine("RAS", origin=(500, 0, 0)))
     with pytest.raises(GeometryError, match="does not overlap"):
         viz.show(vol, label=other)
-    small = Volume(np.zeros((1, 20, 20, 20), np.uint8), vol.affine)
+    coarse = Volume(np.zeros((1, 20, 20, 20), np.uint8), vol.affine @ np.diag([2.0, 2.0, 2.0, 1.0]))
     with pytest.warns(UserWarning, match="resampled onto it"):
-        viz.show(vol, label=small)
+        viz.show(vol, label=coarse)
     with pytest.raises(GeometryError, match="outside the volume"):
         viz.show(vol, at=(900, 0, 0))
     with pytest.raises(MedstackError, match="'image' key"):
