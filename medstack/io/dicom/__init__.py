@@ -178,9 +178,11 @@ def _split(info: SeriesInfo, tilt: str) -> list[SeriesInfo]:
         for vol in info.frames:
             keep = {id(vol[d]) for d in idx if d < len(vol)}
             members.extend(f for f in vol if id(f) in keep)
-        subset = [h for h in headers if any(f.path == h.path for f in members)]
-        for h in subset:
-            h.frames = [f for f in h.frames if any(f is m for m in members)]
+        import dataclasses
+
+        keep_ids = {id(m) for m in members}
+        subset = [dataclasses.replace(h, frames=[f for f in h.frames if id(f) in keep_ids])
+                  for h in headers if any(f.path == h.path for f in members)]  # copies: the input stays intact
         part = build_series(subset, [], tilt=tilt)
         for p in part:
             p.uid = f"{info.uid}#part{n + 1}"

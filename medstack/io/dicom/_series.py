@@ -66,13 +66,6 @@ class SeriesInfo:
     """
 
     uid: str
-    series_uid: str
-    study_uid: str
-    series_number: int | None
-    description: str
-    modality: str
-    manufacturer: str
-    image_type: tuple
     shape: tuple[int, int, int, int]
     affine: np.ndarray  # RAS, orthogonal (or sheared for tilt="shear"), before gap handling
     positions: np.ndarray  # (D,) slice positions along the normal (mm), ordered
@@ -82,6 +75,19 @@ class SeriesInfo:
     frames: list[list[Frame]]
     headers: dict[str, FileHeader]
     is_localizer: bool = False
+
+    # series-level tags come from the files' headers (one source of truth)
+    @property
+    def _h0(self) -> FileHeader:
+        return self.headers[self.frames[0][0].path]
+
+    series_uid = property(lambda self: self._h0.series_uid, doc="SeriesInstanceUID")
+    study_uid = property(lambda self: self._h0.study_uid, doc="StudyInstanceUID")
+    series_number = property(lambda self: self._h0.series_number, doc="SeriesNumber")
+    description = property(lambda self: self._h0.description, doc="SeriesDescription (or ProtocolName)")
+    modality = property(lambda self: self._h0.modality, doc="Modality")
+    manufacturer = property(lambda self: self._h0.manufacturer, doc="Manufacturer")
+    image_type = property(lambda self: self._h0.image_type, doc="ImageType values")
 
     @property
     def files(self) -> list[str]:
@@ -247,9 +253,7 @@ def _build_unit(uid, series_uid, members, findings, *, tilt) -> SeriesInfo:
                                         "disagrees with slice position; ordered by position", "info"))  # fmt: skip
     shape = (n_vol, len(groups), h0.tile_rows, h0.tile_cols)
     return SeriesInfo(
-        uid=uid, series_uid=series_uid, study_uid=h0.study_uid, series_number=h0.series_number,
-        description=h0.description, modality=h0.modality, manufacturer=h0.manufacturer, image_type=h0.image_type,
-        shape=shape, affine=affine, positions=positions, uniform_spacing=uniform, tilt_deg=tilt_deg,
+        uid=uid, shape=shape, affine=affine, positions=positions, uniform_spacing=uniform, tilt_deg=tilt_deg,
         findings=findings, frames=plan, headers=headers, is_localizer=_is_localizer(h0),
     )  # fmt: skip
 
