@@ -405,7 +405,9 @@ def convert(
             if on_result:
                 on_result(r)
     else:
-        done = _run_processes(tasks, options, min(n_workers, len(tasks)), on_result)
+        # largest series first: the batch does not end waiting on one big straggler
+        ordered = sorted(tasks, key=lambda t: -(t.payload.n_files if t.kind == "dicom" else 1))
+        done = _run_processes(ordered, options, min(n_workers, len(tasks)), on_result)
     return Summary(results + done)
 
 
