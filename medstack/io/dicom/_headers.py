@@ -39,6 +39,82 @@ HEADER_TAGS = [
     (0x0029, 0x0010), (0x0029, 0x0011), (0x0029, 0x1010),
 ]  # fmt: skip
 
+_TAG_CACHE: list | None = None
+
+
+def _header_tags() -> list:
+    """HEADER_TAGS as pydicom Tag objects, converted once (pydicom would convert keywords on every read)."""
+    global _TAG_CACHE
+    if _TAG_CACHE is None:
+        from pydicom.tag import Tag
+
+        _TAG_CACHE = [Tag(t) for t in HEADER_TAGS]
+    return _TAG_CACHE
+
+
+class _Raw:
+    """Fast reads of simple elements straight from pydicom's raw (unconverted) elements.
+
+    ``ds.get(keyword)`` converts and validates every value (the dominant cost of a header scan); here the
+    bytes of the few values we need are decoded directly. Already-converted elements are used as they are.
+    """
+
+    __slots__ = ("ds",)
+    _tags: dict = {}
+
+    def __init__(self, ds):
+        self.ds = ds
+
+    def _elem(self, keyword):
+        tag = _Raw._tags.get(keyword)
+        if tag is None:
+            from pydicom.datadict import tag_for_keyword
+
+            tag = _Raw._tags[keyword] = tag_for_keyword(keyword)
+        try:
+            return self.ds.get_item(tag)
+        except KeyError:
+            return None
+
+    def str(self, keyword, default=""):
+        e = self._elem(keyword)
+        if e is None or e.value is None:
+            return default
+        v = e.value
+        if isinstance(v, bytes):
+            v = v.decode("latin-1")
+        elif not isinstance(v, str):
+            v = "\\".join(map(str, v)) if isinstance(v, list | tuple) or type(v).__name__ == "MultiValue" else str(v)
+        v = v.strip("\x00 ")
+        return v if v else default
+
+    def strs(self, keyword) -> list[str]:
+        text = self.str(keyword)
+        return [t.strip() for t in text.split("\\")] if text else []
+
+    def num(self, keyword, default=None, cast=float):
+        vals = self.strs(keyword)
+        return _num(vals[0], default, cast) if vals else default
+
+    def vec(self, keyword, n):
+        return _vec(self.strs(keyword) or None, n)
+
+    def us(self, keyword, default=None):
+        """An unsigned short (US) value (Rows, Columns, Bits*...)."""
+        import struct
+
+        e = self._elem(keyword)
+        if e is None or e.value is None:
+            return default
+        v = e.value
+        if isinstance(v, bytes):
+            if len(v) < 2:
+                return default
+            little = getattr(e, "is_little_endian", True)
+            return struct.unpack("<H" if little is not False else ">H", v[:2])[0]
+        return int(v)
+
+
 PIXEL_TAGS = {(0x7FE0, 0x0010): "OB", (0x7FE0, 0x0008): "OF", (0x7FE0, 0x0009): "OD"}
 
 
@@ -193,20 +269,21 @@ def _temporal_key(ds, frame_content=None) -> tuple:
             dims = frame_content.get("DimensionIndexValues")
             if dims is not None and not isinstance(dims, int | float) and len(dims) >= 3:
                 tpi = int(dims[-1])
+    r = _Raw(ds)
     if tpi is None:
-        tpi = _num(ds.get("TemporalPositionIdentifier"), cast=int)
+        tpi = r.num("TemporalPositionIdentifier", None, int)
     return (
         tpi if tpi is not None else 0,
-        _num(ds.get("TriggerTime"), 0.0),
-        _num(ds.get("InstanceNumber"), 0, int),
-        str(ds.get("AcquisitionTime", "")),
+        r.num("TriggerTime", 0.0),
+        r.num("InstanceNumber", 0, int),
+        r.str("AcquisitionTime"),
     )
 
 
 def _bvalue(ds) -> float | None:
-    v = ds.get("DiffusionBValue")
+    v = _Raw(ds).num("DiffusionBValue")
     if v is not None:
-        return _num(v)
+        return v
     ge = ds.get((0x0043, 0x1039))
     if ge is not None:
         try:
@@ -228,51 +305,53 @@ def parse_file(path: str, file_index: int = 0) -> FileHeader:
     import pydicom
 
     with open(path, "rb") as fh:
-        ds = pydicom.dcmread(fh, stop_before_pixels=True, specific_tags=HEADER_TAGS)
+        ds = pydicom.dcmread(fh, stop_before_pixels=True, specific_tags=_header_tags())
         offset, length, has_pixels = _pixel_element_position(fh, ds, path)
     ts = str(ds.file_meta.get("TransferSyntaxUID", "1.2.840.10008.1.2")) if hasattr(ds, "file_meta") else ""
-    rows = _num(ds.get("Rows"), 0, int)
-    cols = _num(ds.get("Columns"), 0, int)
-    n_frames = _num(ds.get("NumberOfFrames"), 1, int) or 1
-    image_type = tuple(str(v).upper() for v in ds.get("ImageType", []) or [])
-    mosaic, csa_normal = _csa_mosaic(ds)
+    r = _Raw(ds)
+    rows = r.us("Rows", 0)
+    cols = r.us("Columns", 0)
+    n_frames = r.num("NumberOfFrames", 1, int) or 1
+    image_type = tuple(v.upper() for v in r.strs("ImageType"))
+    mosaic, csa_normal = _csa_mosaic(ds) if "MOSAIC" in image_type else (0, None)
     tile_rows, tile_cols = rows, cols
     if mosaic > 1:
         grid = math.ceil(math.sqrt(mosaic))
         tile_rows, tile_cols = rows // grid, cols // grid
+    bits_allocated = r.us("BitsAllocated", 16)
     header = FileHeader(
         path=path,
-        sop_instance_uid=str(ds.get("SOPInstanceUID", "")),
-        series_uid=str(ds.get("SeriesInstanceUID", "")),
-        study_uid=str(ds.get("StudyInstanceUID", "")),
-        series_number=_num(ds.get("SeriesNumber"), None, int),
-        description=str(_first(ds, "SeriesDescription", "ProtocolName") or ""),
-        modality=str(ds.get("Modality", "")),
-        manufacturer=str(ds.get("Manufacturer", "")),
+        sop_instance_uid=r.str("SOPInstanceUID"),
+        series_uid=r.str("SeriesInstanceUID"),
+        study_uid=r.str("StudyInstanceUID"),
+        series_number=r.num("SeriesNumber", None, int),
+        description=r.str("SeriesDescription") or r.str("ProtocolName"),
+        modality=r.str("Modality"),
+        manufacturer=r.str("Manufacturer"),
         image_type=image_type,
         rows=rows,
         cols=cols,
         tile_rows=tile_rows,
         tile_cols=tile_cols,
-        bits_allocated=_num(ds.get("BitsAllocated"), 16, int),
-        bits_stored=_num(ds.get("BitsStored"), None, int) or _num(ds.get("BitsAllocated"), 16, int),
-        pixel_representation=_num(ds.get("PixelRepresentation"), 0, int),
-        photometric=str(ds.get("PhotometricInterpretation", "MONOCHROME2")).upper(),
-        samples_per_pixel=_num(ds.get("SamplesPerPixel"), 1, int),
+        bits_allocated=bits_allocated,
+        bits_stored=r.us("BitsStored") or bits_allocated,
+        pixel_representation=r.us("PixelRepresentation", 0),
+        photometric=r.str("PhotometricInterpretation", "MONOCHROME2").upper(),
+        samples_per_pixel=r.us("SamplesPerPixel", 1),
         n_frames=n_frames,
         transfer_syntax=ts,
         pixel_offset=offset,
         pixel_value_bytes=length,
         has_pixels=has_pixels,
-        instance_number=_num(ds.get("InstanceNumber"), None, int),
-        echo_number=_num(ds.get("EchoNumbers"), None, int),
-        echo_time=_num(ds.get("EchoTime")),
-        patient_id=str(ds.get("PatientID", "")),
-        study_date=str(ds.get("StudyDate", "")),
-        series_date=str(ds.get("SeriesDate", "")),
-        acquisition_time=str(ds.get("AcquisitionTime", "")),
-        gantry_tilt=_num(ds.get("GantryDetectorTilt"), 0.0) or 0.0,
-        thickness=_num(ds.get("SpacingBetweenSlices")) or _num(ds.get("SliceThickness")) or 1.0,
+        instance_number=r.num("InstanceNumber", None, int),
+        echo_number=r.num("EchoNumbers", None, int),
+        echo_time=r.num("EchoTime"),
+        patient_id=r.str("PatientID"),
+        study_date=r.str("StudyDate"),
+        series_date=r.str("SeriesDate"),
+        acquisition_time=r.str("AcquisitionTime"),
+        gantry_tilt=r.num("GantryDetectorTilt", 0.0) or 0.0,
+        thickness=r.num("SpacingBetweenSlices") or r.num("SliceThickness") or 1.0,
         mosaic=mosaic if mosaic > 1 else 0,
     )
     header.frames = _frames(ds, header, file_index, csa_normal)
@@ -280,13 +359,16 @@ def parse_file(path: str, file_index: int = 0) -> FileHeader:
 
 
 def _frames(ds, h: FileHeader, file_index: int, csa_normal) -> list[Frame]:
-    slope = _num(ds.get("RescaleSlope"), 1.0)
-    inter = _num(ds.get("RescaleIntercept"), 0.0)
-    ps = _vec(_first(ds, "PixelSpacing", "ImagerPixelSpacing"), 2)
-    ipp = _vec(ds.get("ImagePositionPatient"), 3)
-    iop = _vec(ds.get("ImageOrientationPatient"), 6)
+    r = _Raw(ds)
+    slope = r.num("RescaleSlope", 1.0)
+    inter = r.num("RescaleIntercept", 0.0)
+    ps = r.vec("PixelSpacing", 2)
+    if ps is None:
+        ps = r.vec("ImagerPixelSpacing", 2)
+    ipp = r.vec("ImagePositionPatient", 3)
+    iop = r.vec("ImageOrientationPatient", 6)
     bval = _bvalue(ds)
-    per_frame = ds.get("PerFrameFunctionalGroupsSequence")
+    per_frame = ds.get("PerFrameFunctionalGroupsSequence") if h.n_frames > 1 else None
     if per_frame is not None and len(per_frame) > 0:
         shared = ds.get("SharedFunctionalGroupsSequence")
         shared = shared[0] if shared else None
