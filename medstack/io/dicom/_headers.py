@@ -13,6 +13,7 @@ import math
 import os
 import warnings
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 
@@ -60,7 +61,7 @@ class _Raw:
     """
 
     __slots__ = ("ds",)
-    _tags: dict = {}
+    _tags: ClassVar[dict] = {}  # keyword -> tag, filled on first use
 
     def __init__(self, ds):
         self.ds = ds
