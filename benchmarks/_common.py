@@ -19,6 +19,10 @@ from pathlib import Path
 
 import numpy as np
 
+# torch's idle OpenMP workers (after a MONAI/TorchIO call) otherwise spin for a while and steal a core
+# from the next method on a small machine; must be set before torch is imported.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 HERE = Path(__file__).resolve().parent
 DATA = HERE / "_data"
 RESULTS = HERE / "results"
