@@ -2,9 +2,9 @@
 
 from medstack.data.datasets import CaseGroupedSampler, CaseStore, PatchDataset, QueueDataset, VolumeDataset
 from medstack.data.loader import DevicePrefetcher, make_loader
-from medstack.data.prepare import prepare, read_cases
+from medstack.data.prepare import prepare, read_cases, to_original_grid
 
 __all__ = [
     "CaseGroupedSampler", "CaseStore", "DevicePrefetcher", "PatchDataset", "QueueDataset", "VolumeDataset",
-    "make_loader", "prepare", "read_cases",
+    "make_loader", "prepare", "read_cases", "to_original_grid",
 ]  # fmt: skip

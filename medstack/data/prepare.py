@@ -203,3 +203,26 @@ def _write_manifest(path: Path, rows, done) -> None:
     payload = {"medstack_version": medstack.__version__, "format": "medstack-cases", "cases": [done[i] for i in order]}
     with atomic_output(path, overwrite=True) as tmp:
         tmp.write_text(json.dumps(payload, indent=2) + "\n")
+
+
+def to_original_grid(volume, case, *, mode: str = "nearest"):
+    """Map a prediction on a prepared case's grid back onto the grid of its source image (undoing the
+    resampling ``prepare(spacing=...)`` did). ``case`` is a manifest entry (dict) or a case .h5 path.
+
+    Use ``mode="nearest"`` for label maps (default), ``"linear"`` for probabilities.
+    """
+    from medstack.resample import resample
+    from medstack.volume import Volume
+
+    if isinstance(case, dict):
+        grid = case.get("original_grid")
+    else:
+        from medstack.io.store import read_h5
+
+        grid = read_h5(case, name="image", lazy=True).metadata.get("original_grid")
+    if not grid:
+        raise MedstackError("this case has no recorded original grid (prepared by an older medstack?)")
+    target = Volume(np.broadcast_to(np.zeros((), np.uint8), (1, *grid["shape"])), np.array(grid["affine"]))
+    if volume.spatial_shape == target.spatial_shape and np.allclose(volume.affine, target.affine, atol=1e-4):
+        return volume
+    return resample(volume, like=target, mode=mode, pad_value=0.0)
