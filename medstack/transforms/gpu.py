@@ -130,22 +130,23 @@ class BatchAugment:
         return results[0] if len(results) == 1 else tuple(results)
 
     def _intensity(self, x, params, generator):
+        """In place on ``x`` (the grid_sample output, owned here): no full-size temporaries but the noise."""
         import torch
 
         view = (-1, 1, 1, 1, 1)
         if "gamma" in params:
             lo = x.amin(dim=(1, 2, 3, 4), keepdim=True)
-            hi = x.amax(dim=(1, 2, 3, 4), keepdim=True)
-            rng = (hi - lo).clamp_min(1e-8)
-            x = ((x - lo) / rng).clamp_min(0) ** params["gamma"].view(view).to(x.dtype) * rng + lo
+            rng = (x.amax(dim=(1, 2, 3, 4), keepdim=True) - lo).clamp_min(1e-8)
+            x.sub_(lo).div_(rng).clamp_(min=0).pow_(params["gamma"].view(view).to(x.dtype)).mul_(rng).add_(lo)
         if "contrast" in params:
             mean = x.mean(dim=(1, 2, 3, 4), keepdim=True)
-            x = (x - mean) * params["contrast"].view(view).to(x.dtype) + mean
+            x.sub_(mean).mul_(params["contrast"].view(view).to(x.dtype)).add_(mean)
         if "brightness" in params:
-            x = x + params["brightness"].view(view).to(x.dtype)
+            x.add_(params["brightness"].view(view).to(x.dtype))
         if "noise_std" in params:
             g = torch.Generator(device=x.device).manual_seed(params["noise_seed"])
-            x = x + torch.randn(x.shape, generator=g, device=x.device, dtype=x.dtype) * params["noise_std"].view(view).to(x.dtype)
+            noise = torch.randn(x.shape, generator=g, device=x.device, dtype=x.dtype)
+            x.add_(noise.mul_(params["noise_std"].view(view).to(x.dtype)))
         return x
 
     @staticmethod
