@@ -70,7 +70,7 @@ class Aggregator:
                 src.append(slice(clo - lo, chi - lo))
             else:
                 w = self.patch_weight[tuple(src)]
-                self.sum[(slice(None), *dst)] += pred[(slice(None), *src)] * w
+                self.sum[(slice(None), *dst)].addcmul_(pred[(slice(None), *src)], w)  # in place, no temporary
                 self.weight[tuple(dst)] += w
 
     def result(self, affine=None, metadata=None):
@@ -93,11 +93,12 @@ def sliding_window_inference(volume: Volume, predictor: Callable, patch_size, *,
     from medstack.patches.reading import read_patch
 
     starts = grid_positions(volume.spatial_shape, patch_size, overlap)
+    data = volume.data  # numpy, torch or lazy HDF5 (each window then reads only its chunks)
     agg = None
     with torch.no_grad():
         for i in range(0, len(starts), batch_size):
             chunk = starts[i : i + batch_size]
-            x = torch.from_numpy(np.stack([read_patch(volume.data, s, patch_size, pad_value) for s in chunk]))
+            x = torch.from_numpy(np.stack([read_patch(data, s, patch_size, pad_value) for s in chunk]))
             y = predictor(x.to(device))
             if agg is None:
                 k = n_out_channels or int(y.shape[1])
