@@ -24,8 +24,9 @@ scipy single-threaded by design):
 
 Timing: one untimed warm-up call per method (its output is used for the correctness check), then
 ``--repeats`` rounds, every method once per round (interleaved); the median is reported. Before each
-timed phase the script waits (up to 15 minutes) until no other benchmark runs (``pgrep -f
-benchmarks/bench_(io|dicom|store|convert)``) and prints ``quiet machine: yes/no``.
+timed phase and each round the script waits (up to ``--max-wait``, 15 minutes) until no other benchmark
+runs (``pgrep -f benchmarks/bench_(io|dicom|store|convert)``) and the CPUs are at least ``--min-idle``
+(85%) idle over 2 s, and prints ``quiet machine: yes/no`` (no: it had to time on a busy machine).
 
 Correctness: the maximum and mean absolute difference to SimpleITK in the interior (2 voxels at every
 border excluded). Methods that return an affine (MONAI, TorchIO) are compared in world space: when
@@ -71,15 +72,42 @@ def others_running() -> list[str]:
     return [line for line in res.stdout.splitlines() if line.strip()]
 
 
-def wait_quiet(max_wait: float, poll: float = 10.0) -> bool:
-    """Wait until no other benchmark runs (at most ``max_wait`` s). True when the machine is quiet."""
+def cpu_idle(seconds: float = 2.0) -> float:
+    """Fraction of CPU time idle over ``seconds`` (all cores; from /proc/stat). NaN where unavailable."""
+
+    def sample():
+        vals = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+        return vals[3] + vals[4], sum(vals)  # idle + iowait, total
+
+    try:
+        i0, t0 = sample()
+        time.sleep(seconds)
+        i1, t1 = sample()
+    except (OSError, ValueError, IndexError):
+        return float("nan")
+    return (i1 - i0) / max(1, t1 - t0)
+
+
+def busy_reason(min_idle: float) -> str:
+    """Why the machine is not quiet ("" when it is): another benchmark, or CPUs busy with something else."""
+    others = others_running()
+    if others:
+        return f"{len(others)} other benchmark process(es), e.g. {others[0][:70]}"
+    idle = cpu_idle()
+    if idle == idle and idle < min_idle:
+        return f"CPU only {idle:.0%} idle (another process is computing)"
+    return ""
+
+
+def wait_quiet(max_wait: float, min_idle: float, poll: float = 10.0) -> bool:
+    """Wait until no other benchmark runs and the CPUs are idle (at most ``max_wait`` s). True when quiet."""
     t0 = time.monotonic()
-    busy = others_running()
-    while busy and time.monotonic() - t0 < max_wait:
-        print(f"  waiting for other benchmarks ({len(busy)} running: {busy[0][:80]}) ...", flush=True)
+    why = busy_reason(min_idle)
+    while why and time.monotonic() - t0 < max_wait:
+        print(f"  waiting for a quiet machine: {why} ...", flush=True)
         time.sleep(poll)
-        busy = others_running()
-    return not busy
+        why = busy_reason(min_idle)
+    return not why
 
 
 def mem_available_gb() -> float:
@@ -250,14 +278,15 @@ def check(name, arr, affine, ref, grid_affine, grid_shape, vol, label: bool) -> 
 
 
 # -- one phase ----------------------------------------------------------------------------------------
-def run_phase(title: str, vol, *, label: bool, repeats: int, monai_f64: bool, max_wait: float) -> dict:
+def run_phase(title: str, vol, *, label: bool, repeats: int, monai_f64: bool, max_wait: float,
+              min_idle: float) -> dict:
     import gc
 
     grid_affine, grid_shape = _grid(vol)
     methods = build_methods(vol, label=label, grid_affine=grid_affine, grid_shape=grid_shape, monai_f64=monai_f64)
     print(f"\n== {title}: {vol.spatial_shape} spacing {tuple(round(s, 3) for s in vol.spacing)} mm -> "
           f"{grid_shape} at {TARGET:g} mm ==", flush=True)  # fmt: skip
-    quiet_start = wait_quiet(max_wait)
+    quiet_start = wait_quiet(max_wait, min_idle)
     print(f"quiet machine: {'yes' if quiet_start else 'no'}", flush=True)
     busy_seen = not quiet_start
 
@@ -289,10 +318,9 @@ def run_phase(title: str, vol, *, label: bool, repeats: int, monai_f64: bool, ma
     names = [n for n in methods if "error" not in results[n]]
     times = {n: [] for n in names}
     for r in range(repeats):
-        if others_running():
+        if busy_reason(min_idle) and not wait_quiet(max_wait, min_idle):
             busy_seen = True
-            if not wait_quiet(max_wait):
-                print("  (other benchmarks still running: timing anyway)", flush=True)
+            print("  (machine still busy: timing anyway)", flush=True)
         for n in names:
             t, raw = C.timed(methods[n][0])
             times[n].append(t)
@@ -345,6 +373,8 @@ def main(argv=None) -> int:
     ap.add_argument("--no-monai-f64", dest="monai_f64", action="store_false",
                     help="skip MONAI Spacing with its default float64 (needs ~6 GB at full size)")  # fmt: skip
     ap.add_argument("--max-wait", type=float, default=900.0, help="seconds to wait for a quiet machine (900)")
+    ap.add_argument("--min-idle", type=float, default=0.85,
+                    help="quiet machine also means at least this CPU idle fraction over 2 s (default 0.85)")
     ap.add_argument("--json", default="bench_resample.json")
     args = ap.parse_args(argv)
     C.quiet()
@@ -373,9 +403,9 @@ def main(argv=None) -> int:
 
     payload = {"env": env, "args": vars(args), "threads": threads, "mem_available_gb": mem}
     linear = run_phase("CT, linear", vol, label=False, repeats=args.repeats, monai_f64=monai_f64,
-                       max_wait=args.max_wait)  # fmt: skip
+                       max_wait=args.max_wait, min_idle=args.min_idle)  # fmt: skip
     nearest = run_phase("labels, nearest", lab, label=True, repeats=args.repeats, monai_f64=False,
-                        max_wait=args.max_wait)  # fmt: skip
+                        max_wait=args.max_wait, min_idle=args.min_idle)  # fmt: skip
     payload.update({"linear": linear, "nearest": nearest})
 
     gpu = None

@@ -92,7 +92,7 @@ def test_lazy_array_survives_pickling_for_workers(tmp_path, vol):
     lazy = medstack.load(p, lazy=True)
     lazy.data[:, :1, :1, :1]  # opens the file
     clone = pickle.loads(pickle.dumps(lazy.data))
-    assert clone._file is None
+    assert clone._file is None and clone._ds is None
     np.testing.assert_array_equal(clone[:, 2:4], vol.data[:, 2:4])
 
 
@@ -109,3 +109,13 @@ def test_foreign_hdf5_and_bad_metadata(tmp_path, vol):
     with pytest.raises(MedstackError, match="JSON"):
         medstack.save(vol.replace(metadata={"f": object()}), tmp_path / "m.h5")
     assert not (tmp_path / "m.h5").exists()
+
+
+def test_lazy_with_dtype_stays_lazy_and_casts_reads(tmp_path, vol):
+    p = tmp_path / "v.h5"
+    medstack.save(vol, p)
+    lazy = medstack.load(p, lazy=True, dtype=np.float32)
+    assert lazy.is_lazy and lazy.dtype == np.float32
+    part = lazy.data[:, :3, :4, :5]
+    assert part.dtype == np.float32
+    np.testing.assert_array_equal(part, vol.data[:, :3, :4, :5].astype(np.float32))
