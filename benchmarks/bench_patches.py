@@ -45,7 +45,9 @@ worker-less medstack run (where the time per patch goes).
 
 Before each timed phase the script waits (up to ``--max-wait`` s per phase, ``--max-wait-total`` s in all)
 until no other benchmark runs (``pgrep -f benchmarks/bench_(io|dicom|store|convert|resample|transforms)``)
-and prints ``quiet machine: yes/no``.
+and the other processes use less than half a core (``/proc/stat`` over 1 s), and prints ``quiet machine:
+yes/no``. With 2 cores this matters: torch's 2 intra-op threads slow down 10-50x when another process
+holds a core (each parallel op waits for a descheduled thread).
 
 Usage::
 
@@ -108,20 +110,40 @@ def others_running() -> list[str]:
 
 
 _WAIT_LEFT = [float("inf")]  # total waiting budget of this run (--max-wait-total)
+IDLE_CORES = 0.5  # "quiet" also needs the rest of the machine to use less than this many cores
+
+
+def others_cpu(seconds: float = 1.0) -> float:
+    """Cores kept busy by other processes over ``seconds`` (this process sleeps meanwhile), from /proc/stat."""
+
+    def read():
+        with open("/proc/stat") as f:
+            vals = [int(v) for v in f.readline().split()[1:]]
+        return sum(vals), vals[3] + vals[4]  # total, idle + iowait
+
+    t0, i0 = read()
+    time.sleep(seconds)
+    t1, i1 = read()
+    return (os.cpu_count() or 1) * (1 - (i1 - i0) / max(t1 - t0, 1))
 
 
 def wait_quiet(max_wait: float, poll: float = 10.0) -> bool:
-    """Wait until no other benchmark runs (at most ``max_wait`` s, and within the run's total budget)."""
+    """Wait until no other benchmark runs and the other processes use < IDLE_CORES cores (at most ``max_wait``
+    s, and within the run's total budget); print and return whether the machine is quiet."""
     t0 = time.monotonic()
     limit = min(max_wait, _WAIT_LEFT[0])
-    busy = others_running()
-    while busy and time.monotonic() - t0 < limit:
-        print(f"  waiting for other benchmarks ({len(busy)} running: {busy[0][:80]}) ...", flush=True)
+    while True:
+        busy, load = others_running(), others_cpu()
+        if (not busy and load < IDLE_CORES) or time.monotonic() - t0 >= limit:
+            break
+        what = f"{len(busy)} benchmarks running: {busy[0][:60]}" if busy else f"other processes use {load:.1f} cores"
+        print(f"  waiting ({what}) ...", flush=True)
         time.sleep(poll)
-        busy = others_running()
     _WAIT_LEFT[0] -= time.monotonic() - t0
-    print(f"  quiet machine: {'no' if busy else 'yes'}", flush=True)
-    return not busy
+    quiet = not busy and load < IDLE_CORES
+    print(f"  quiet machine: {'yes' if quiet else 'no'} (other benchmarks: {len(busy)}, other processes: "
+          f"{load:.1f} cores)", flush=True)  # fmt: skip
+    return quiet
 
 
 def _kb(path: str, field: str) -> int:

@@ -278,8 +278,7 @@ def check(name, arr, affine, ref, grid_affine, grid_shape, vol, label: bool) -> 
 
 
 # -- one phase ----------------------------------------------------------------------------------------
-def run_phase(title: str, vol, *, label: bool, repeats: int, monai_f64: bool, max_wait: float,
-              min_idle: float) -> dict:
+def run_phase(title: str, vol, *, label: bool, repeats: int, monai_f64: bool, max_wait: float, min_idle: float) -> dict:
     import gc
 
     grid_affine, grid_shape = _grid(vol)
@@ -373,8 +372,12 @@ def main(argv=None) -> int:
     ap.add_argument("--no-monai-f64", dest="monai_f64", action="store_false",
                     help="skip MONAI Spacing with its default float64 (needs ~6 GB at full size)")  # fmt: skip
     ap.add_argument("--max-wait", type=float, default=900.0, help="seconds to wait for a quiet machine (900)")
-    ap.add_argument("--min-idle", type=float, default=0.85,
-                    help="quiet machine also means at least this CPU idle fraction over 2 s (default 0.85)")
+    ap.add_argument(
+        "--min-idle",
+        type=float,
+        default=0.85,
+        help="quiet machine also means at least this CPU idle fraction over 2 s (default 0.85)",
+    )
     ap.add_argument("--json", default="bench_resample.json")
     args = ap.parse_args(argv)
     C.quiet()

@@ -333,17 +333,52 @@ def check(result, n_per_call: int, patch: int) -> tuple[str, str, str]:
 
 
 # -- timing -------------------------------------------------------------------------------------------
+class OtherCpu:
+    """CPU cores used by *other* processes between ``start()`` and ``stop()`` (Linux ``/proc/stat``).
+
+    The quiet check only sees the other benchmarks; this also sees anything else (tests, builds).
+    """
+
+    def __init__(self):
+        self.tick = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+    @staticmethod
+    def _busy_jiffies():
+        try:
+            with open("/proc/stat") as f:
+                vals = [int(v) for v in f.readline().split()[1:]]
+        except (OSError, ValueError):
+            return None
+        return sum(vals) - vals[3] - (vals[4] if len(vals) > 4 else 0)  # minus idle and iowait
+
+    def start(self):
+        t = os.times()
+        self._t0 = (self._busy_jiffies(), t.user + t.system, time.perf_counter())
+
+    def stop(self):
+        busy0, own0, wall0 = self._t0
+        busy1, t, wall1 = self._busy_jiffies(), os.times(), time.perf_counter()
+        if busy0 is None or busy1 is None or wall1 <= wall0:
+            return None
+        return max(0.0, ((busy1 - busy0) / self.tick - (t.user + t.system - own0)) / (wall1 - wall0))
+
+
 def run_timing(methods: dict, args) -> dict:
-    results = {name: {"samples": 0, "seconds": 0.0, "round_rates": [], "quiet": []} for name in methods}
+    results = {
+        name: {"samples": 0, "seconds": 0.0, "round_rates": [], "quiet": [], "other_cores": []} for name in methods
+    }
     names = list(methods)
+    meter = OtherCpu()
     for r in range(args.rounds):
         print(f"round {r + 1}/{args.rounds}:", flush=True)
         quiet = wait_quiet(args.max_wait)
         order = names[r % len(names) :] + names[: r % len(names)]  # rotate to spread drift evenly
+        other = []
         for name in order:
             step, n_per_call = methods[name]["step"], methods[name]["n_per_call"]
             calls = math.ceil(args.samples / args.rounds) if n_per_call == 1 else math.ceil(
                 math.ceil(args.samples / n_per_call) / args.rounds)  # fmt: skip
+            meter.start()
             t0 = time.perf_counter()
             for _ in range(calls):
                 step()
@@ -353,6 +388,10 @@ def run_timing(methods: dict, args) -> dict:
             res["seconds"] += dt
             res["round_rates"].append(calls * n_per_call / dt)
             res["quiet"].append(quiet)
+            res["other_cores"].append(meter.stop())
+            other.append(res["other_cores"][-1])
+        if all(o is not None for o in other):
+            print(f"  other processes used {max(other):.2f} cores at most during this round", flush=True)
     for res in results.values():
         res["aggregate_samples_per_s"] = res["samples"] / res["seconds"]
         res["samples_per_s"] = C.median(res["round_rates"])
@@ -378,7 +417,7 @@ def main(argv=None) -> int:
         default=52,
         help="samples timed per method, at least; rounded up to whole rounds (default 52 = 13 batches of 4)",
     )
-    ap.add_argument("--rounds", type=int, default=5, help="interleaved timed rounds, median reported (default 5)")
+    ap.add_argument("--rounds", type=int, default=8, help="interleaved timed rounds, median reported (default 8)")
     ap.add_argument(
         "--breakdown",
         type=int,
@@ -441,10 +480,13 @@ def main(argv=None) -> int:
                      res["dtypes"], res["check"]])  # fmt: skip
     quiet_all = all(q for res in timings.values() for q in res["quiet"])
     quiet_rounds = sum(all(res["quiet"][r] for res in timings.values()) for r in range(args.rounds))
+    others = [o for res in timings.values() for o in res["other_cores"] if o is not None]
+    others_note = f"; other processes used {min(others):.2f}-{max(others):.2f} cores" if others else ""
     print(f"\nAugmentation chain, 2 x {p}^3 + label, batch {args.batch}, {THREADS} threads "
-          f"(quiet machine: {'yes' if quiet_all else 'no'}, {quiet_rounds}/{args.rounds} rounds quiet)")  # fmt: skip
+          f"(quiet machine: {'yes' if quiet_all else 'no'}, {quiet_rounds}/{args.rounds} rounds quiet{others_note})")  # fmt: skip
     print(C.format_table(headers, rows, ["<", ">", ">", ">", ">", ">", "<", "<"]))
-    print("vs MONAI = samples/s / MONAI per-sample's; vs batched = samples/s / medstack batched's (higher = faster)")
+    print(f"samples/s: median of {args.rounds} interleaved rounds; vs MONAI = samples/s / MONAI per-sample's; "
+          "vs batched = samples/s / medstack batched's (higher = faster)")  # fmt: skip
 
     goal = None
     if ref and bat:
@@ -492,6 +534,7 @@ def main(argv=None) -> int:
         "threads": THREADS,
         "quiet_machine": quiet_all,
         "quiet_rounds": quiet_rounds,
+        "other_processes_cores": [min(others), max(others)] if others else None,
         "results": timings,
         "goal": {"batched_over_monai": goal, "target": 3.0, "met": bool(goal is not None and goal >= 3)},
         "gpu": gpu,

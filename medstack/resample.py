@@ -239,33 +239,54 @@ def _separable(x, m: np.ndarray, out_shape, mode: str, pad_value: float, work):
     return _pad_outside(out, m, out_shape, n_in, pad_value)
 
 
-def _interpolate_fast(x, m: np.ndarray, out_shape, work):
-    """``F.interpolate(trilinear)`` when each axis maps as ``src = s * dst + (s - 1) / 2``.
-
-    That is exactly PyTorch's ``align_corners=False`` mapping with ``scale_factor = 1 / s`` and
-    ``recompute_scale_factor=False`` — the field-of-view-keeping grids of ``spacing=`` / ``shape=``. One fused
-    kernel instead of three gather passes. Returns None when the grids do not have that form.
+def _interpolate_fast(x, m: np.ndarray, out_shape, work, chunk: int = 16):
+    """Linear resampling when each axis maps as ``src = s * dst + (s - 1) / 2`` (the field-of-view-keeping
+    grids of ``spacing=`` / ``shape=``), done separably: bilinear ``F.interpolate`` in-plane on chunks of
+    slices (PyTorch's ``align_corners=False`` mapping with ``scale_factor = 1 / s``), then one ``lerp`` per
+    output slice along D. Exactly trilinear, about half the work of a 3D kernel (8 taps per output voxel).
+    Returns None when the grids do not have that form.
     """
+    import torch
     import torch.nn.functional as F
 
     scales = [m[2 - a, 2 - a] for a in range(3)]  # per array axis (D, H, W)
     offsets = [m[2 - a, 3] for a in range(3)]
     if any(sc <= 0 or abs(off - (sc - 1) / 2) > 1e-6 for sc, off in zip(scales, offsets)):
         return None
-    n_in = x.shape[1:]
-    # floor(n * factor) must reach out_shape: replicate-pad the far end (same values the clamp would give)
+    c, d, h, w = x.shape
+    od, oh, ow = out_shape
+    # in-plane: floor(n * factor) must reach the output size -> replicate-pad the far end (same as clamping)
     pads = []
-    for a in range(3):
+    for a, n in ((1, h), (2, w)):
         k = 0
-        while int(np.floor((n_in[a] + k) / scales[a] + 1e-9)) < out_shape[a]:
+        while int(np.floor((n + k) / scales[a] + 1e-9)) < out_shape[a]:
             k += 1
         pads.append(k)
-    xf = x.to(work)[None]
-    if any(pads):
-        xf = F.pad(xf, (0, pads[2], 0, pads[1], 0, pads[0]), mode="replicate")
-    out = F.interpolate(xf, scale_factor=tuple(1.0 / sc for sc in scales), mode="trilinear", align_corners=False,
-                        recompute_scale_factor=False)[0]  # fmt: skip
-    return out[:, : out_shape[0], : out_shape[1], : out_shape[2]]
+    identity_plane = scales[1] == 1.0 and scales[2] == 1.0 and oh == h and ow == w
+    if identity_plane:
+        mid = x
+    else:
+        mid = torch.empty((c, d, oh, ow), dtype=work, device=x.device)
+        for ch in range(c):
+            for z in range(0, d, chunk):
+                sl = x[ch, z : z + chunk, None].to(work)
+                if any(pads):
+                    sl = F.pad(sl, (0, pads[1], 0, pads[0]), mode="replicate")
+                r = F.interpolate(sl, scale_factor=(1.0 / scales[1], 1.0 / scales[2]), mode="bilinear",
+                                  align_corners=False, recompute_scale_factor=False)  # fmt: skip
+                mid[ch, z : z + chunk] = r[:, 0, :oh, :ow]
+    pos = np.clip(np.arange(od) * scales[0] + offsets[0], 0, d - 1)
+    i0 = np.floor(pos).astype(np.int64)
+    t = pos - i0
+    i1 = np.minimum(i0 + 1, d - 1)
+    out = torch.empty((c, od, oh, ow), dtype=work, device=x.device)
+    for k in range(od):
+        a = mid[:, int(i0[k])]
+        if t[k] == 0.0:
+            out[:, k].copy_(a)
+        else:
+            torch.lerp(a.to(work), mid[:, int(i1[k])].to(work), float(t[k]), out=out[:, k])
+    return out
 
 
 def _pad_outside(out, m: np.ndarray, out_shape, n_in, pad_value: float):
