@@ -26,6 +26,25 @@ def _u(gen, n, lo, hi, device):
     return torch.rand(n, generator=gen).to(device) * (hi - lo) + lo
 
 
+def _affine_grid(theta, shape_dhw):
+    """``F.affine_grid(theta, (B, 1, D, H, W), align_corners=False)`` built as a sum of three broadcast
+    per-axis terms (about 3x faster on CPU than the generic batched matrix product)."""
+    import torch
+
+    d, h, w = shape_dhw
+    dev, dt = theta.device, theta.dtype
+
+    def base(n):
+        return (2.0 * torch.arange(n, device=dev, dtype=dt) + 1.0) / n - 1.0
+
+    tx, ty, tz, t0 = theta[..., 0], theta[..., 1], theta[..., 2], theta[..., 3]  # (B, 3) each
+    grid = (base(d)[None, :, None, None, None] * tz[:, None, None, None, :]) + t0[:, None, None, None, :]
+    grid = grid.expand(-1, d, h, w, -1).clone()
+    grid += base(h)[None, None, :, None, None] * ty[:, None, None, None, :]
+    grid += base(w)[None, None, None, :, None] * tx[:, None, None, None, :]
+    return grid
+
+
 class BatchAugment:
     """Random flips, affine (+ elastic), gamma/contrast/brightness and noise for a batch, per sample.
 
@@ -114,7 +133,7 @@ class BatchAugment:
         work = images.dtype if images.dtype.is_floating_point else torch.float32
         params = self.sample_params(b, generator, dev)
         theta = self.theta(params, (d, h, w), dev, work)
-        grid = F.affine_grid(theta, (b, 1, d, h, w), align_corners=False)
+        grid = _affine_grid(theta, (d, h, w))
         if self.elastic > 0:
             disp = F.interpolate(params["elastic"].to(work), size=(d, h, w), mode="trilinear", align_corners=True)
             voxel = torch.tensor([2.0 / w, 2.0 / h, 2.0 / d], device=dev, dtype=work)
