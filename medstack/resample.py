@@ -218,16 +218,48 @@ def _axis_positions(scale: float, offset: float, n_out: int, device):
     return torch.arange(n_out, device=device, dtype=torch.float64) * scale + offset
 
 
+def _fov_form(m: np.ndarray) -> bool:
+    """Each axis maps as ``src = s * dst + (s - 1) / 2`` with ``s > 0`` (field-of-view-keeping grids)."""
+    return all(m[i, i] > 0 and abs(m[i, 3] - (m[i, i] - 1) / 2) <= 1e-6 for i in range(3))
+
+
+def _floor_pads(n_in, out_shape, m: np.ndarray, axes) -> list[int]:
+    """Replicate padding per array axis so that ``floor(n / s)`` reaches the wanted output size."""
+    pads = [0, 0, 0]
+    for a in axes:
+        while int(np.floor((n_in[a] + pads[a]) / m[2 - a, 2 - a] + 1e-9)) < out_shape[a]:
+            pads[a] += 1
+    return pads
+
+
+def _replicate_pad(x5, pads):
+    import torch.nn.functional as F
+
+    if x5.dtype.is_floating_point:
+        return F.pad(x5, (0, pads[2], 0, pads[1], 0, pads[0]), mode="replicate")
+    return F.pad(x5.float(), (0, pads[2], 0, pads[1], 0, pads[0]), mode="replicate").to(x5.dtype)
+
+
 def _separable(x, m: np.ndarray, out_shape, mode: str, pad_value: float, work):
     """Three 1D passes (W, H, D = i, j, k), cheapest order first; exact for axis-aligned grids.
 
     Nearest stays in the input dtype throughout (labels are copied, never converted).
     """
+    import torch
+    import torch.nn.functional as F
+
     n_in = x.shape[1:]  # (D, H, W)
     if mode == "linear":
         fast = _interpolate_fast(x, m, out_shape, work)
         if fast is not None:
             return _pad_outside(fast, m, out_shape, n_in, pad_value)
+    if mode == "nearest" and _fov_form(m) and x.dtype in (torch.uint8, torch.float32, torch.float64):
+        # nearest-exact with scale_factor = 1 / s is exactly floor(s * dst + s / 2) = round-half-up of our map
+        pads = _floor_pads(n_in, out_shape, m, axes=(0, 1, 2))
+        xin = x[None] if not any(pads) else _replicate_pad(x[None], pads)
+        out = F.interpolate(xin, scale_factor=tuple(1.0 / m[2 - a, 2 - a] for a in range(3)), mode="nearest-exact",
+                            recompute_scale_factor=False)[0]  # fmt: skip
+        return _pad_outside(out[:, : out_shape[0], : out_shape[1], : out_shape[2]], m, out_shape, n_in, pad_value)
     order = sorted(range(3), key=lambda a: out_shape[a] / n_in[a])  # shrinking axes first
     out = x
     for a in order:  # array axis a (0 = D)
