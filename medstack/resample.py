@@ -164,8 +164,8 @@ def resample(
     if frac < 0.5:
         warnings.warn(f"only {frac:.0%} of the target grid overlaps the volume; the rest is pad_value", stacklevel=2)
     work = _work_dtype(src, mode)
-    if pad_value is None:
-        pad_value = float(src.min())
+    if pad_value is None:  # the input's minimum, computed only if some output voxel is outside
+        pad_value = _LazyMin(src)
     diagonal = _is_diagonal(m)
     x = src
     if antialias:
@@ -195,6 +195,18 @@ def check_label(volume: Volume, mode: str, *, what: str = "label") -> None:
     if data.dtype.kind == "f" and not np.array_equal(data, np.round(data)):
         raise MedstackError(f"{what} is marked as a label map but holds non-integer values (dtype {data.dtype}); "
                             "pass an integer label map or is_label=False")  # fmt: skip
+
+
+class _LazyMin:
+    """``float(_LazyMin(t))`` is ``t.min()``, computed on first use (a full pass skipped when nothing is padded)."""
+
+    def __init__(self, tensor):
+        self.tensor, self.value = tensor, None
+
+    def __float__(self) -> float:
+        if self.value is None:
+            self.value = float(self.tensor.min())
+        return self.value
 
 
 def _is_diagonal(m: np.ndarray) -> bool:
@@ -329,7 +341,7 @@ def _pad_outside(out, m: np.ndarray, out_shape, n_in, pad_value: float):
         pos = torch.arange(out_shape[a], dtype=torch.float64, device=out.device) * m[ijk, ijk] + m[ijk, 3]
         mask = (pos < -0.5) | (pos > n_in[a] - 0.5)
         if bool(mask.any()):
-            out = out.masked_fill(mask.view([1] + [-1 if b == a else 1 for b in range(3)]), pad_value)
+            out = out.masked_fill(mask.view([1] + [-1 if b == a else 1 for b in range(3)]), float(pad_value))
     return out
 
 
@@ -408,7 +420,7 @@ def _grid_sample(x, m: np.ndarray, out_shape, mode: str, pad_value: float):
     step = max(1, _CHUNK_VOXELS // (h_out * w_out))
     jj, ii = torch.meshgrid(torch.arange(h_out, device=device, dtype=torch.float32),
                             torch.arange(w_out, device=device, dtype=torch.float32), indexing="ij")  # fmt: skip
-    fill = torch.as_tensor(pad_value, dtype=work, device=device)
+    fill = torch.as_tensor(float(pad_value), dtype=work, device=device)
     for k0 in range(0, d_out, step):
         kk = torch.arange(k0, min(d_out, k0 + step), device=device, dtype=torch.float32)
         ijk = torch.stack([ii.expand(len(kk), -1, -1), jj.expand(len(kk), -1, -1),
