@@ -261,3 +261,16 @@ def test_prepare_with_spacing_and_back_to_original_grid(store, tmp_path):
     assert (back.data == original.data).mean() > 0.9  # nearest round trip through a coarser grid
     same = medstack.load(cases[0]["label"])
     assert to_original_grid(same, tmp_path / "iso" / entry["file"]) is same  # already on the grid
+
+
+def test_set_epoch_reaches_persistent_workers(store):
+    root, _, _ = store
+    ds = PatchDataset(root / "out", UniformSampler(8), samples_per_volume=2, seed=4)
+    loader = make_loader(ds, batch_size=2, num_workers=2, shuffle=False)  # persistent workers
+    first = [b["start"] for b in loader]
+    ds.set_epoch(1)
+    second = [b["start"] for b in loader]
+    reference = [b["start"] for b in make_loader(ds, batch_size=2, num_workers=0, shuffle=False)]
+    assert any(not torch.equal(a, b) for a, b in zip(first, second))
+    for a, b in zip(second, reference):
+        torch.testing.assert_close(a, b)

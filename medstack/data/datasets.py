@@ -30,6 +30,27 @@ def _rng(seed: int, epoch: int, index: int) -> np.random.Generator:
     return np.random.default_rng([int(seed), int(epoch) + 1, int(index)])
 
 
+class _SharedEpoch:
+    """``epoch`` kept in a shared-memory tensor, so ``set_epoch`` in the main process reaches DataLoader
+    workers, persistent ones included (a plain attribute would stay at the value the workers were forked with)."""
+
+    @property
+    def epoch(self) -> int:
+        return int(self._epoch_t[0])
+
+    @epoch.setter
+    def epoch(self, value: int) -> None:
+        import torch
+
+        if not hasattr(self, "_epoch_t"):
+            self._epoch_t = torch.zeros(1, dtype=torch.int64).share_memory_()
+        self._epoch_t[0] = int(value)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Call at the start of each epoch (as with DistributedSampler) for fresh patches and augmentations."""
+        self.epoch = int(epoch)
+
+
 class CaseStore:
     """The prepared cases of ``medstack.data.prepare`` (a folder with manifest.json, the manifest itself, or a
     list of case .h5 files). Opens files lazily, once per process."""
@@ -121,7 +142,7 @@ def _patch_item(case_id: str, image: Volume, label, start, patch_size, pad_value
     return out
 
 
-class PatchDataset:
+class PatchDataset(_SharedEpoch):
     """Random patches read from the prepared HDF5 store (only each patch's chunks are read).
 
     Parameters
@@ -149,10 +170,6 @@ class PatchDataset:
         self.samples_per_volume = int(samples_per_volume)
         self.transform, self.seed, self.pad_value = transform, int(seed), pad_value
         self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        """Call at the start of each epoch (as with DistributedSampler) for fresh patches and augmentations."""
-        self.epoch = int(epoch)
 
     def __len__(self):
         return len(self.store) * self.samples_per_volume
@@ -201,7 +218,7 @@ class CaseGroupedSampler:
         return len(self._cases()) * self.dataset.samples_per_volume
 
 
-class QueueDataset:
+class QueueDataset(_SharedEpoch):
     """Queue mode for files that cannot be read partially (.nii.gz, DICOM): each worker loads a volume once
     (``medstack.load``), keeps up to ``cache_bytes`` of volumes (LRU, per worker) and draws several patches from
     it. Use with :class:`CaseGroupedSampler` so consecutive indices share a case. Items have the same form as
@@ -222,9 +239,6 @@ class QueueDataset:
     @property
     def n_cases(self) -> int:
         return len(self.cases)
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = int(epoch)
 
     def __len__(self):
         return self.n_cases * self.samples_per_volume
@@ -270,17 +284,15 @@ class QueueDataset:
         return state
 
 
-class VolumeDataset:
+class VolumeDataset(_SharedEpoch):
     """Whole volumes: item i is ``{"image": (C, D, H, W) tensor, "label"?, "affine", "case_id"}`` (batch size 1
     unless all volumes share a shape)."""
 
     def __init__(self, cases, *, transform=None, seed: int = 0):
         from medstack.data.prepare import read_cases
 
-        self.cases, self.transform, self.seed, self.epoch = read_cases(cases), transform, int(seed), 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = int(epoch)
+        self.cases, self.transform, self.seed = read_cases(cases), transform, int(seed)
+        self.epoch = 0
 
     def __len__(self):
         return len(self.cases)

@@ -67,7 +67,8 @@ class H5Array:
         import h5py
 
         if self._ds is None or self._pid != os.getpid():
-            self._file = h5py.File(self.path, "r")
+            # small chunk cache: one open dataset per case per worker must not cost h5py's default 8 MiB
+            self._file = h5py.File(self.path, "r", rdcc_nbytes=1 << 20)
             self._ds = self._file[self.dataset]
             self._pid = os.getpid()
         return self._ds

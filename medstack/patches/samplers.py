@@ -186,13 +186,14 @@ def class_voxel_lists(label: np.ndarray, *, max_per_class: int = 20000, seed: in
     flat = label.ravel()
     values = np.unique(flat)
     for v in values:
+        mask = label == v
+        counts[int(v)] = int(mask.sum())
+        nz = [np.flatnonzero(mask.any(axis=tuple(b for b in range(3) if b != a))) for a in range(3)]
+        boxes[int(v)] = [[int(n[0]) for n in nz], [int(n[-1]) + 1 for n in nz]]
         idx = np.flatnonzero(flat == v)
-        counts[int(v)] = int(idx.size)
-        coords = np.stack(np.unravel_index(idx, label.shape), axis=1)
-        boxes[int(v)] = [coords.min(axis=0).tolist(), (coords.max(axis=0) + 1).tolist()]
-        if idx.size > max_per_class:
-            coords = coords[np.sort(rng.choice(idx.size, size=max_per_class, replace=False))]
-        out[int(v)] = coords.astype(np.int32)
+        if idx.size > max_per_class:  # subsample indices first: coordinates only for the kept voxels
+            idx = idx[np.sort(rng.choice(idx.size, size=max_per_class, replace=False))]
+        out[int(v)] = np.stack(np.unravel_index(idx, label.shape), axis=1).astype(np.int32)
     return out, counts, boxes
 
 
