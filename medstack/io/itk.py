@@ -55,10 +55,7 @@ def from_sitk(image, *, dtype=None, metadata=None) -> Volume:
         raise FormatError(f"{n}D images are not supported (expected 2D, 3D or 4D)")
     if dtype is not None:
         arr = arr.astype(dtype, copy=False)
-    try:
-        affine = geometry.check_affine(sitk_affine(image), what="image geometry (origin/spacing/direction)")
-    except GeometryError:
-        raise
+    affine = geometry.check_affine(sitk_affine(image), what="image geometry (origin/spacing/direction)")
     return Volume(np.ascontiguousarray(arr), affine, dict(metadata or {}))
 
 

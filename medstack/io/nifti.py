@@ -266,8 +266,7 @@ def from_nibabel(img, *, dtype=None, source=None) -> Volume:
         affine, source_kind = choose_affine(header, where)
     else:
         affine, source_kind = geometry.check_affine(img.affine, what=f"{where}: affine"), "affine"
-    raw = np.asanyarray(img.dataobj)
-    arr = np.asarray(raw)
+    arr = np.asarray(img.dataobj)
     shape = arr.shape
     xyz = (*shape, 1, 1, 1)[:3]
     c = int(np.prod(shape[3:])) if len(shape) > 3 else 1
