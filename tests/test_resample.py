@@ -1,3 +1,5 @@
+import importlib
+
 import numpy as np
 import pytest
 import SimpleITK as sitk
@@ -172,3 +174,47 @@ def test_float_label_and_linear_label_refused():
 
 def test_public_api():
     assert medstack.resample is resample
+
+
+def _index_encoded(shape_dhw, affine, n_channels=2):
+    """int32 voxels holding their own (d, h, w) index (plus 10^7 per channel): nearest picks are decodable."""
+    d, h, w = np.meshgrid(*(np.arange(n) for n in shape_dhw), indexing="ij")
+    code = (d * 1000 + h) * 1000 + w
+    return Volume(np.stack([code + 10**7 * c for c in range(n_channels)]).astype(np.int32), affine)
+
+
+@pytest.mark.parametrize(("spacing", "shift"), [((1.0, 1.0, 1.0), None), ((0.9, 1.7, 0.6), None),
+                                                ((1.0, 0.5, 1.3), (0.37, -0.61, 1.9))])  # fmt: skip
+def test_nearest_picks_round_half_up_source_voxel(spacing, shift):
+    """Nearest on axis-aligned grids (slice-by-slice path): every output voxel holds exactly the input voxel
+    at floor(src + 0.5) of its centre, every channel, the dtype kept; outside the field of view: pad_value."""
+    vol = _index_encoded((9, 11, 13), axis_code_affine("LPS", (0.7, 0.8, 2.5), (5, 6, 7)))
+    affine, shape = target_grid(vol, spacing=spacing)
+    if shift is not None:  # an arbitrary axis-aligned grid, partly outside the input
+        affine[:3, 3] += affine[:3, :3] @ np.array(shift)
+    out = resample(vol, like=Volume(np.zeros((1, *shape), np.float32), affine), mode="nearest", pad_value=-1)
+    assert out.dtype == np.int32 and out.shape == (2, *shape)
+    d, h, w = np.meshgrid(*(np.arange(n) for n in shape), indexing="ij")
+    src = vol.world_to_voxel(out.voxel_to_world(np.stack([w, h, d], -1)))  # (i, j, k) of each output centre
+    inside = np.all((src >= -0.5) & (src <= np.array(vol.spatial_shape[::-1]) - 0.5), axis=-1)
+    near = np.clip(np.floor(src + 0.5 + 1e-9), 0, np.array(vol.spatial_shape[::-1]) - 1).astype(int)
+    expected = (near[..., 2] * 1000 + near[..., 1]) * 1000 + near[..., 0]
+    for c in range(2):
+        np.testing.assert_array_equal(out.data[c][inside], expected[inside] + 10**7 * c)
+        assert np.all(out.data[c][~inside] == -1)
+    assert inside.any() and (shift is None or (~inside).any())
+
+
+@pytest.mark.parametrize("spacing", [(1.0, 1.0, 1.0), (0.8, 1.3, 0.45), (2.5, 0.7, 0.7)])
+def test_slice_by_slice_linear_equals_three_pass_path(monkeypatch, spacing):
+    """The fused slice-by-slice linear path (int16 in, two channels) equals the generic 1D-pass path."""
+    R = importlib.import_module("medstack.resample")
+
+    rng = np.random.default_rng(5)
+    vol = Volume(rng.integers(-1000, 2000, size=(2, 10, 23, 17)).astype(np.int16),
+                 axis_code_affine("LPS", (0.7, 0.7, 2.5), (1, 2, 3)))  # fmt: skip
+    fast = resample(vol, spacing=spacing)
+    monkeypatch.setattr(R, "_interpolate_fast", lambda *a, **k: None)
+    slow = resample(vol, spacing=spacing)
+    assert fast.dtype == np.float32 and fast.shape == slow.shape
+    np.testing.assert_allclose(fast.data, slow.data, atol=1e-2)  # float32 positions: < 1e-5 voxel apart
