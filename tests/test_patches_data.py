@@ -9,6 +9,7 @@ from medstack.data import (
     CaseGroupedSampler,
     DevicePrefetcher,
     PatchDataset,
+    PatchLoader,
     QueueDataset,
     VolumeDataset,
     make_loader,
@@ -274,3 +275,64 @@ def test_set_epoch_reaches_persistent_workers(store):
     assert any(not torch.equal(a, b) for a, b in zip(first, second))
     for a, b in zip(second, reference):
         torch.testing.assert_close(a, b)
+
+
+def _same_batches(xs, ys):
+    xs, ys = list(xs), list(ys)
+    assert len(xs) == len(ys) > 0
+    for x, y in zip(xs, ys):
+        assert set(x) == set(y) and x["case_id"] == y["case_id"]
+        for k in x:
+            if k != "case_id":
+                assert x[k].dtype == y[k].dtype, k
+                torch.testing.assert_close(x[k], y[k], rtol=0, atol=0)
+
+
+@pytest.mark.parametrize(("sampler", "patch"), [(UniformSampler, 16), (LabelSampler, (20, 32, 12))])
+def test_patch_loader_equals_dataloader_batches(store, sampler, patch):
+    """Threaded batches (mmap reads, padding where the patch passes the volume's edge) equal default_collate
+    of the dataset's items, for any number of threads."""
+    root, _, _ = store
+    ds = PatchDataset(root / "out", sampler(patch), samples_per_volume=5, seed=2)
+    reference = list(make_loader(ds, batch_size=4, num_workers=0, shuffle=False))
+    for threads in (1, 3):
+        _same_batches(PatchLoader(ds, batch_size=4, shuffle=False, num_threads=threads, prefetch=2), reference)
+    loader = PatchLoader(ds, batch_size=4, shuffle=False, drop_last=True)
+    assert len(loader) == len(list(loader)) == len(ds) // 4
+    assert len(PatchLoader(ds, batch_size=4)) == -(-len(ds) // 4)
+
+
+def test_patch_loader_shuffle_epochs_ranks_and_transforms(store):
+    from torch.utils.data.distributed import DistributedSampler
+
+    from medstack.transforms import Compose, RandomFlip
+
+    root, _, _ = store
+    ds = PatchDataset(root / "out", UniformSampler(12), samples_per_volume=6, seed=1)
+    a = list(PatchLoader(ds, batch_size=3, seed=7, num_threads=1))
+    b = list(PatchLoader(ds, batch_size=3, seed=7, num_threads=2))
+    _same_batches(a, b)
+    assert sorted(s for x in a for s in x["case_id"]) == sorted(ds.store.ids * 6)
+    loader = PatchLoader(ds, batch_size=3, seed=7)
+    loader.set_epoch(1)
+    c = list(loader)
+    assert any(not torch.equal(x["start"], y["start"]) for x, y in zip(a, c))
+    ds.set_epoch(0)
+    seen = []
+    for rank in (0, 1):
+        sampler = DistributedSampler(ds, num_replicas=2, rank=rank, shuffle=True, seed=0)
+        seen.append({(cid, tuple(s.tolist())) for x in PatchLoader(ds, batch_size=4, sampler=sampler)
+                     for cid, s in zip(x["case_id"], x["start"])})  # fmt: skip
+    assert seen[0] and seen[1] and not (seen[0] & seen[1])
+    aug = PatchDataset(root / "out", UniformSampler(12), samples_per_volume=2, seed=1,
+                       transform=Compose([RandomFlip(axes=(0, 1, 2))]))  # fmt: skip
+    _same_batches(PatchLoader(aug, batch_size=2, shuffle=False, num_threads=2),
+                  make_loader(aug, batch_size=2, num_workers=0, shuffle=False))  # fmt: skip
+
+
+def test_patch_loader_bad_arguments(store):
+    root, cases, _ = store
+    with pytest.raises(MedstackError, match="needs a medstack PatchDataset"):
+        PatchLoader(VolumeDataset(cases))
+    with pytest.raises(MedstackError, match="batch_size must be"):
+        PatchLoader(PatchDataset(root / "out", UniformSampler(8)), batch_size=0)

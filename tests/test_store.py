@@ -5,7 +5,7 @@ import torch
 
 import medstack
 from medstack.errors import FormatError, MedstackError
-from medstack.io.store import H5Array, list_h5, write_h5
+from medstack.io.store import H5Array, list_h5, read_h5, write_h5
 from medstack.testing import random_affine, world_volume
 
 
@@ -119,3 +119,52 @@ def test_lazy_with_dtype_stays_lazy_and_casts_reads(tmp_path, vol):
     part = lazy.data[:, :3, :4, :5]
     assert part.dtype == np.float32
     np.testing.assert_array_equal(part, vol.data[:, :3, :4, :5].astype(np.float32))
+
+
+@pytest.mark.parametrize(("chunks", "compression"), [("auto", None), ((5, 7, 6), None), (None, None), ((5, 7, 6), "gzip")])
+def test_read_patch_into_equals_padded_crop(tmp_path, chunks, compression):
+    """Patches of every position class (inside, across chunk borders, partly and fully outside) equal the
+    padded crop of the eager array, for chunked and contiguous (mmap path) and compressed (h5py path) data."""
+    from medstack.io._mapped import MappedDataset
+
+    rng = np.random.default_rng(0)
+    data = rng.integers(-3000, 3000, size=(2, 17, 19, 23)).astype(np.int16)
+    path = write_h5(medstack.Volume(data, np.eye(4)), tmp_path / "v.h5", chunks=chunks, compression=compression)
+    arr = read_h5(path, lazy=True).data
+    assert isinstance(arr, H5Array)
+    assert (arr._mapped() is None) == (compression is not None)
+    assert compression is not None or isinstance(arr._mapped(), MappedDataset)
+    m = 40  # margin: every box below lies inside the padded array
+    padded = np.full((2, 17 + 2 * m, 19 + 2 * m, 23 + 2 * m), -9, np.int16)
+    padded[:, m : m + 17, m : m + 19, m : m + 23] = data
+    starts = [(0, 0, 0), (3, 6, 5), (12, 10, 14), (-4, -2, 20), (16, 18, 22), (-30, 0, 0), (5, 40, 2)]
+    starts += [tuple(rng.integers(-12, 20, size=3)) for _ in range(30)]
+    for start in starts:
+        for box in ((8, 9, 10), (1, 1, 1), (17, 19, 23)):
+            out = np.empty((2, *box), np.int16)
+            arr.read_patch_into(out, start, pad_value=-9)
+            s = [int(v) + m for v in start]
+            expected = padded[:, s[0] : s[0] + box[0], s[1] : s[1] + box[1], s[2] : s[2] + box[2]]
+            np.testing.assert_array_equal(out, expected, err_msg=f"start {start} box {box}")
+    out32 = np.empty((2, 4, 4, 4), np.float32)  # another dtype: converted on copy
+    arr.read_patch_into(out32, (1, 2, 3))
+    np.testing.assert_array_equal(out32, data[:, 1:5, 2:6, 3:7].astype(np.float32))
+    with pytest.raises(MedstackError, match="out has shape"):
+        arr.read_patch_into(np.empty((1, 4, 4, 4), np.int16), (0, 0, 0))
+
+
+def test_mapped_reads_drop_pages_over_the_budget(tmp_path, monkeypatch):
+    """Past MAP_BUDGET bytes of reads, every live mapping's pages are dropped (RSS bounded), reads stay right."""
+    from medstack.io import _mapped
+
+    data = np.arange(2 * 32 * 32 * 32, dtype=np.int32).reshape(2, 32, 32, 32)
+    path = write_h5(medstack.Volume(data, np.eye(4)), tmp_path / "v.h5", chunks=(16, 16, 16))
+    arr = read_h5(path, lazy=True).data
+    drops = []
+    monkeypatch.setattr(_mapped, "MAP_BUDGET", 100_000)
+    monkeypatch.setattr(_mapped.MappedDataset, "drop_pages", lambda self: drops.append(self.path))
+    for k in range(10):
+        out = np.empty((2, 16, 16, 16), np.int32)
+        arr.read_patch_into(out, (k, k, k))
+        np.testing.assert_array_equal(out, data[:, k : k + 16, k : k + 16, k : k + 16])
+    assert drops and set(drops) == {str(path)}

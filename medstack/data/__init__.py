@@ -1,10 +1,10 @@
 """Datasets, preparation of the patch store, and DataLoader helpers for 3D training."""
 
 from medstack.data.datasets import CaseGroupedSampler, CaseStore, PatchDataset, QueueDataset, VolumeDataset
-from medstack.data.loader import DevicePrefetcher, make_loader
+from medstack.data.loader import DevicePrefetcher, PatchLoader, make_loader
 from medstack.data.prepare import prepare, read_cases, to_original_grid
 
 __all__ = [
-    "CaseGroupedSampler", "CaseStore", "DevicePrefetcher", "PatchDataset", "QueueDataset", "VolumeDataset",
+    "CaseGroupedSampler", "CaseStore", "DevicePrefetcher", "PatchDataset", "PatchLoader", "QueueDataset", "VolumeDataset",
     "make_loader", "prepare", "read_cases", "to_original_grid",
 ]  # fmt: skip

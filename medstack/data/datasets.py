@@ -12,6 +12,7 @@ each worker process (never shared across fork). Items are plain dicts of tensors
 from __future__ import annotations
 
 import json
+import threading
 from collections import OrderedDict
 from collections.abc import Sequence
 from pathlib import Path
@@ -24,6 +25,8 @@ from medstack.patches.samplers import CaseInfo, PatchSampler, _size3
 from medstack.volume import Volume
 
 __all__ = ["CaseGroupedSampler", "CaseStore", "PatchDataset", "QueueDataset", "VolumeDataset"]
+
+_CASE_LOCK = threading.Lock()  # CaseStore.case from several PatchLoader threads opens each case once
 
 
 def _rng(seed: int, epoch: int, index: int) -> np.random.Generator:
@@ -91,6 +94,13 @@ class CaseStore:
         hit = self._open.get(key)
         if hit is not None:
             return hit
+        with _CASE_LOCK:
+            hit = self._open.get(key)
+            return hit if hit is not None else self._open_case(i, key)
+
+    def _open_case(self, i: int, key):
+        import os
+
         import h5py
 
         from medstack.io.store import read_h5

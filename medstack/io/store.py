@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -33,6 +34,7 @@ EXTENSIONS = (".h5", ".hdf5")
 #: 96^3 patch reads in benchmarks/bench_store.py (see its docstring for the table).
 DEFAULT_CHUNK = (64, 64, 64)
 _HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
+_OPEN_LOCK = threading.RLock()
 
 
 def is_hdf5(head: bytes) -> bool:
@@ -57,6 +59,7 @@ class H5Array:
         self._file = None
         self._ds = None
         self._pid = None
+        self._map = None  # MappedDataset, False when the dataset cannot be mapped, None before the first try
 
     ndim = property(lambda self: len(self.shape))
     size = property(lambda self: int(np.prod(self.shape)))
@@ -66,12 +69,48 @@ class H5Array:
         """The h5py Dataset, opened once per process (the path lookup costs ~0.1 ms per read otherwise)."""
         import h5py
 
-        if self._ds is None or self._pid != os.getpid():
-            # small chunk cache: one open dataset per case per worker must not cost h5py's default 8 MiB
-            self._file = h5py.File(self.path, "r", rdcc_nbytes=1 << 20)
-            self._ds = self._file[self.dataset]
-            self._pid = os.getpid()
-        return self._ds
+        with _OPEN_LOCK:  # threads of one process share the handle
+            if self._ds is None or self._pid != os.getpid():
+                # small chunk cache: one open dataset per case per worker must not cost h5py's default 8 MiB
+                self._file = h5py.File(self.path, "r", rdcc_nbytes=1 << 20)
+                self._ds = self._file[self.dataset]
+                self._pid = os.getpid()
+                self._map = None
+            return self._ds
+
+    def _mapped(self):
+        """The dataset's bytes through ``mmap`` (``medstack.io._mapped``), or None when not mappable."""
+        ds = self._dataset()
+        if self._map is None:
+            from medstack.io._mapped import MappedDataset
+
+            with _OPEN_LOCK:
+                if self._map is None:
+                    self._map = MappedDataset.open(self.path, ds) or False
+        return self._map or None
+
+    def read_patch_into(self, out: np.ndarray, start, pad_value=0) -> np.ndarray:
+        """Fill ``out`` (shape ``(C, pd, ph, pw)``) with the box of that size at voxel ``start`` (d, h, w);
+        voxels outside the array are ``pad_value``. Uncompressed datasets are copied straight from the page
+        cache (``mmap``, only the box's bytes); others are read through h5py. ``out`` may have another dtype
+        (converted on copy). Safe to call from several threads."""
+        box = out.shape[1:]
+        if out.shape[0] != self.shape[0] or len(box) != 3:
+            raise MedstackError(f"{self.path}:{self.dataset}: out has shape {out.shape}, expected ({self.shape[0]}, pd, ph, pw)")  # fmt: skip
+        start = [int(s) for s in start]
+        if any(s < 0 or s + b > n for s, b, n in zip(start, box, self.shape[1:])):
+            out[...] = pad_value
+        mapped = self._mapped()
+        if mapped is not None:
+            mapped.read_into(out, start)
+            return out
+        lo = [max(0, s) for s in start]
+        hi = [min(n, s + b) for s, b, n in zip(start, box, self.shape[1:])]
+        if any(h <= low for low, h in zip(lo, hi)):
+            return out
+        src = self._dataset()[(slice(None), *(slice(a, b) for a, b in zip(lo, hi)))]
+        out[(slice(None), *(slice(a - s, b - s) for a, b, s in zip(lo, hi, start)))] = src
+        return out
 
     def _out(self, arr):
         return arr if self.cast is None else arr.astype(self.cast, copy=False)
@@ -95,12 +134,14 @@ class H5Array:
             self._file.close()
         self._file = None
         self._ds = None
+        self._map = None
 
     def __getstate__(self):
         state = dict(self.__dict__)
         state["_file"] = None
         state["_ds"] = None
         state["_pid"] = None
+        state["_map"] = None
         return state
 
     def __repr__(self):
