@@ -336,3 +336,41 @@ def test_patch_loader_bad_arguments(store):
         PatchLoader(VolumeDataset(cases))
     with pytest.raises(MedstackError, match="batch_size must be"):
         PatchLoader(PatchDataset(root / "out", UniformSampler(8)), batch_size=0)
+
+
+@pytest.mark.parametrize("mode", ["constant", "gaussian"])
+def test_aggregator_grid_and_free_starts_agree(mode):
+    """The separable weight sum of a grid equals the accumulated weight map; free (non-grid, repeated,
+    partly outside) starts take the accumulated path; both reproduce the input with an identity model."""
+    rng = np.random.default_rng(3)
+    vol = rng.normal(size=(2, 21, 18, 25)).astype(np.float32)
+    patch = (8, 7, 9)
+    grid = grid_positions(vol.shape[1:], patch, 0.4)
+    agg = Aggregator(vol.shape[1:], patch, 2, mode=mode)
+    agg.add(torch.from_numpy(np.stack([read_patch(vol, s, patch) for s in grid])), grid)
+    fast = agg.weight_map()
+    assert agg._axis_sums() is not None
+    agg._starts.append((10**6, 0, 0))  # not a grid any more -> accumulated map (the far start adds nothing)
+    assert agg._axis_sums() is None
+    torch.testing.assert_close(agg.weight_map(), fast, rtol=1e-5, atol=1e-6)
+    agg._starts.pop()
+    np.testing.assert_allclose(agg.result().numpy(), vol, rtol=1e-5, atol=1e-5)
+    free = np.concatenate([grid, rng.integers(-4, 20, size=(15, 3)), grid[:3]])
+    agg = Aggregator(vol.shape[1:], patch, 2, mode=mode)
+    for k in range(0, len(free), 4):
+        agg.add(np.stack([read_patch(vol, s, patch) for s in free[k : k + 4]]), free[k : k + 4])
+    assert agg._axis_sums() is None
+    np.testing.assert_allclose(agg.result().numpy(), vol, rtol=1e-5, atol=1e-5)
+
+
+def test_gaussian_weights_and_torch_input():
+    from medstack.patches import gaussian_weights
+
+    w = gaussian_weights((16, 12, 20))
+    assert w.shape == (16, 12, 20) and w.max() == pytest.approx(1.0, abs=1e-6) and w.min() >= 1e-3 - 1e-9
+    f = gaussian_weights((16, 12, 20), separable=True)
+    np.testing.assert_allclose(w, f[0][:, None, None] * f[1][None, :, None] * f[2][None, None, :], rtol=1e-6)
+    img, _ = phantom_pair((20, 22, 18), axis_code_affine("RAS"), seed=2, kind="mr")
+    tv = img.replace(data=torch.from_numpy(img.data.astype(np.float32)))
+    out = sliding_window_inference(tv, lambda x: x * 2, (12, 12, 12), overlap=0.5, batch_size=5)
+    np.testing.assert_allclose(np.asarray(out.data), 2 * img.data, rtol=1e-5, atol=1e-3)

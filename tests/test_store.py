@@ -124,16 +124,16 @@ def test_lazy_with_dtype_stays_lazy_and_casts_reads(tmp_path, vol):
 @pytest.mark.parametrize(("chunks", "compression"), [("auto", None), ((5, 7, 6), None), (None, None), ((5, 7, 6), "gzip")])
 def test_read_patch_into_equals_padded_crop(tmp_path, chunks, compression):
     """Patches of every position class (inside, across chunk borders, partly and fully outside) equal the
-    padded crop of the eager array, for chunked and contiguous (mmap path) and compressed (h5py path) data."""
-    from medstack.io._mapped import MappedDataset
+    padded crop of the eager array, for chunked and contiguous (direct preadv path) and compressed (h5py) data."""
+    from medstack.io._direct import DirectDataset
 
     rng = np.random.default_rng(0)
     data = rng.integers(-3000, 3000, size=(2, 17, 19, 23)).astype(np.int16)
     path = write_h5(medstack.Volume(data, np.eye(4)), tmp_path / "v.h5", chunks=chunks, compression=compression)
     arr = read_h5(path, lazy=True).data
     assert isinstance(arr, H5Array)
-    assert (arr._mapped() is None) == (compression is not None)
-    assert compression is not None or isinstance(arr._mapped(), MappedDataset)
+    assert (arr._direct_reader() is None) == (compression is not None)
+    assert compression is not None or isinstance(arr._direct_reader(), DirectDataset)
     m = 40  # margin: every box below lies inside the padded array
     padded = np.full((2, 17 + 2 * m, 19 + 2 * m, 23 + 2 * m), -9, np.int16)
     padded[:, m : m + 17, m : m + 19, m : m + 23] = data
@@ -153,18 +153,27 @@ def test_read_patch_into_equals_padded_crop(tmp_path, chunks, compression):
         arr.read_patch_into(np.empty((1, 4, 4, 4), np.int16), (0, 0, 0))
 
 
-def test_mapped_reads_drop_pages_over_the_budget(tmp_path, monkeypatch):
-    """Past MAP_BUDGET bytes of reads, every live mapping's pages are dropped (RSS bounded), reads stay right."""
-    from medstack.io import _mapped
+def test_direct_reads_use_no_h5py_reads_and_survive_workers(tmp_path, monkeypatch):
+    """Uncompressed patches never go through h5py's read machinery; several channels per chunk work; a
+    truncated file is a clear ReadError naming it."""
+    from medstack.errors import ReadError
 
-    data = np.arange(2 * 32 * 32 * 32, dtype=np.int32).reshape(2, 32, 32, 32)
-    path = write_h5(medstack.Volume(data, np.eye(4)), tmp_path / "v.h5", chunks=(16, 16, 16))
-    arr = read_h5(path, lazy=True).data
-    drops = []
-    monkeypatch.setattr(_mapped, "MAP_BUDGET", 100_000)
-    monkeypatch.setattr(_mapped.MappedDataset, "drop_pages", lambda self: drops.append(self.path))
-    for k in range(10):
-        out = np.empty((2, 16, 16, 16), np.int32)
-        arr.read_patch_into(out, (k, k, k))
-        np.testing.assert_array_equal(out, data[:, k : k + 16, k : k + 16, k : k + 16])
-    assert drops and set(drops) == {str(path)}
+    rng = np.random.default_rng(1)
+    data = rng.normal(size=(3, 20, 21, 22)).astype(np.float32)
+    path = tmp_path / "v.h5"
+    with h5py.File(path, "w") as f:  # a foreign layout: all channels in one chunk
+        f.create_dataset("x", data=data, chunks=(3, 8, 8, 8))
+    arr = H5Array(path, "x", data.shape, data.dtype, (3, 8, 8, 8))
+    arr._direct_reader()
+    monkeypatch.setattr(h5py.Dataset, "__getitem__", lambda *a: pytest.fail("h5py read used"))
+    out = np.empty((3, 9, 10, 11), np.float32)
+    arr.read_patch_into(out, (5, 6, 7))
+    np.testing.assert_array_equal(out, data[:, 5:14, 6:16, 7:18])
+    monkeypatch.undo()
+    size = path.stat().st_size
+    with open(path, "r+b") as f:
+        f.truncate(size - 1000)
+    cut = H5Array(path, "x", data.shape, data.dtype, (3, 8, 8, 8))
+    with pytest.raises(ReadError, match="short read"):
+        for start in ((0, 0, 0), (12, 12, 12), (15, 15, 15)):
+            cut.read_patch_into(out, start)

@@ -99,8 +99,11 @@ class PatchLoader:
                                     f"case {ds.store.ids[located[0][0]]}")  # fmt: skip
 
         def empty(arr, channels):
+            shape = (len(indices), channels, *p)
+            if not self.pin_memory:  # NumPy asks for transparent huge pages: far fewer first-touch page faults
+                return torch.from_numpy(np.empty(shape, dtype=arr.dtype))
             dtype = torch.from_numpy(np.empty(0, dtype=arr.dtype)).dtype
-            return torch.empty((len(indices), channels, *p), dtype=dtype, pin_memory=self.pin_memory)
+            return torch.empty(shape, dtype=dtype, pin_memory=True)
 
         image = empty(first_img.data, first_img.shape[0])
         label = empty(first_lab.data, first_lab.shape[0]) if first_lab is not None else None

@@ -59,7 +59,7 @@ class H5Array:
         self._file = None
         self._ds = None
         self._pid = None
-        self._map = None  # MappedDataset, False when the dataset cannot be mapped, None before the first try
+        self._direct = None  # DirectDataset, False when the dataset cannot be read directly, None before the first try
 
     ndim = property(lambda self: len(self.shape))
     size = property(lambda self: int(np.prod(self.shape)))
@@ -75,24 +75,24 @@ class H5Array:
                 self._file = h5py.File(self.path, "r", rdcc_nbytes=1 << 20)
                 self._ds = self._file[self.dataset]
                 self._pid = os.getpid()
-                self._map = None
+                self._direct = None
             return self._ds
 
-    def _mapped(self):
-        """The dataset's bytes through ``mmap`` (``medstack.io._mapped``), or None when not mappable."""
+    def _direct_reader(self):
+        """Direct ``preadv`` access to the dataset's bytes (``medstack.io._direct``), or None (compressed...)."""
         ds = self._dataset()
-        if self._map is None:
-            from medstack.io._mapped import MappedDataset
+        if self._direct is None:
+            from medstack.io._direct import DirectDataset
 
             with _OPEN_LOCK:
-                if self._map is None:
-                    self._map = MappedDataset.open(self.path, ds) or False
-        return self._map or None
+                if self._direct is None:
+                    self._direct = DirectDataset.open(self.path, ds) or False
+        return self._direct or None
 
     def read_patch_into(self, out: np.ndarray, start, pad_value=0) -> np.ndarray:
         """Fill ``out`` (shape ``(C, pd, ph, pw)``) with the box of that size at voxel ``start`` (d, h, w);
-        voxels outside the array are ``pad_value``. Uncompressed datasets are copied straight from the page
-        cache (``mmap``, only the box's bytes); others are read through h5py. ``out`` may have another dtype
+        voxels outside the array are ``pad_value``. Uncompressed datasets are read directly (``preadv`` of the
+        chunk slabs the box spans, ``medstack.io._direct``); others through h5py. ``out`` may have another dtype
         (converted on copy). Safe to call from several threads."""
         box = out.shape[1:]
         if out.shape[0] != self.shape[0] or len(box) != 3:
@@ -100,9 +100,9 @@ class H5Array:
         start = [int(s) for s in start]
         if any(s < 0 or s + b > n for s, b, n in zip(start, box, self.shape[1:])):
             out[...] = pad_value
-        mapped = self._mapped()
-        if mapped is not None:
-            mapped.read_into(out, start)
+        direct = self._direct_reader()
+        if direct is not None:
+            direct.read_into(out, start)
             return out
         lo = [max(0, s) for s in start]
         hi = [min(n, s + b) for s, b, n in zip(start, box, self.shape[1:])]
@@ -134,14 +134,16 @@ class H5Array:
             self._file.close()
         self._file = None
         self._ds = None
-        self._map = None
+        if self._direct:
+            self._direct.close()
+        self._direct = None
 
     def __getstate__(self):
         state = dict(self.__dict__)
         state["_file"] = None
         state["_ds"] = None
         state["_pid"] = None
-        state["_map"] = None
+        state["_direct"] = None
         return state
 
     def __repr__(self):

@@ -1,7 +1,11 @@
 """Stitch patch predictions back into a whole volume (sliding-window inference).
 
-The aggregator keeps two arrays on the chosen device: the weighted sum ``(C, D, H, W)`` and the weight sum
-``(D, H, W)`` (float32): memory is bounded by the output size, not by the number of patches.
+The aggregator keeps one array on the chosen device, the weighted sum ``(C, D, H, W)`` (float32), so memory is
+bounded by the output size, not by the number of patches. The patch weights are separable
+(``w(d, h, w) = wd(d) * wh(h) * ww(w)``), so when the patches form a grid (each start of a Cartesian product
+of per-axis starts, added once, as :func:`sliding_window_inference` does) the weight sum is a product of three
+1D sums: no weight map is accumulated or stored, and the final division is two broadcast passes in place.
+Other sets of starts get their weight map accumulated at the end.
 """
 
 from __future__ import annotations
@@ -17,13 +21,22 @@ from medstack.volume import Volume
 __all__ = ["Aggregator", "gaussian_weights", "sliding_window_inference"]
 
 
-def gaussian_weights(patch_size, sigma_scale: float = 0.125):
-    """nnU-Net-style importance map: a Gaussian with sigma = ``sigma_scale`` x patch size, max 1, min > 0."""
+def _gaussian_1d(n: int, sigma_scale: float, floor: float) -> np.ndarray:
+    g = np.exp(-0.5 * ((np.arange(n) - (n - 1) / 2) / (n * sigma_scale)) ** 2)
+    return np.maximum(g / g.max(), floor)
+
+
+def gaussian_weights(patch_size, sigma_scale: float = 0.125, *, separable: bool = False):
+    """nnU-Net-style importance map: a Gaussian with sigma = ``sigma_scale`` x patch size, max 1.
+
+    The map is the outer product of three 1D Gaussians, each floored at 0.1 (so the map is >= 1e-3 and
+    > 0 everywhere, as nnU-Net's clamp). ``separable=True`` returns the three 1D factors (float32) instead.
+    """
     p = _size3(patch_size)
-    axes = [np.exp(-0.5 * ((np.arange(n) - (n - 1) / 2) / (n * sigma_scale)) ** 2) for n in p]
-    w = axes[0][:, None, None] * axes[1][None, :, None] * axes[2][None, None, :]
-    w = w / w.max()
-    return np.maximum(w, 1e-3).astype(np.float32)
+    axes = [_gaussian_1d(int(n), sigma_scale, 0.1).astype(np.float32) for n in p]
+    if separable:
+        return axes
+    return (axes[0][:, None, None] * axes[1][None, :, None] * axes[2][None, None, :]).astype(np.float32)
 
 
 class Aggregator:
@@ -35,7 +48,7 @@ class Aggregator:
     patch_size : (pd, ph, pw)
     n_channels : output channels C
     mode : "constant" (plain average where patches overlap) or "gaussian" (centre-weighted)
-    device : torch device for the accumulators (CPU or CUDA)
+    device : torch device for the accumulator (CPU or CUDA)
     """
 
     def __init__(self, shape, patch_size, n_channels: int, *, mode: str = "gaussian", device="cpu"):
@@ -47,9 +60,26 @@ class Aggregator:
         self.patch_size = tuple(int(p) for p in _size3(patch_size))
         self.device = torch.device(device)
         self.sum = torch.zeros((n_channels, *self.shape), dtype=torch.float32, device=self.device)
-        self.weight = torch.zeros(self.shape, dtype=torch.float32, device=self.device)
-        w = np.ones(self.patch_size, np.float32) if mode == "constant" else gaussian_weights(self.patch_size)
+        if mode == "constant":
+            factors = [np.ones(n, np.float32) for n in self.patch_size]
+        else:
+            factors = gaussian_weights(self.patch_size, separable=True)
+        self._factors = factors
+        w = factors[0][:, None, None] * factors[1][None, :, None] * factors[2][None, None, :]
         self.patch_weight = torch.from_numpy(w).to(self.device)
+        self._starts: list[tuple[int, int, int]] = []
+
+    def _clip(self, start):
+        """(source slices in the patch, destination slices in the volume), or None when fully outside."""
+        src, dst = [], []
+        for a in range(3):
+            lo, hi = int(start[a]), int(start[a]) + self.patch_size[a]
+            clo, chi = max(lo, 0), min(hi, self.shape[a])
+            if chi <= clo:
+                return None
+            dst.append(slice(clo, chi))
+            src.append(slice(clo - lo, chi - lo))
+        return tuple(src), tuple(dst)
 
     def add(self, predictions, starts) -> None:
         import torch
@@ -60,24 +90,65 @@ class Aggregator:
             raise MedstackError(f"predictions must be (B, C, {self.patch_size}) for {len(starts)} starts, got "
                                 f"{tuple(preds.shape)}")  # fmt: skip
         for pred, start in zip(preds, starts):
-            src, dst = [], []
-            for a in range(3):
-                lo, hi = int(start[a]), int(start[a]) + self.patch_size[a]
-                clo, chi = max(lo, 0), min(hi, self.shape[a])
-                if chi <= clo:
-                    break
-                dst.append(slice(clo, chi))
-                src.append(slice(clo - lo, chi - lo))
-            else:
-                w = self.patch_weight[tuple(src)]
-                self.sum[(slice(None), *dst)].addcmul_(pred[(slice(None), *src)], w)  # in place, no temporary
-                self.weight[tuple(dst)] += w
+            clipped = self._clip(start)
+            if clipped is None:
+                continue
+            src, dst = clipped
+            self.sum[(slice(None), *dst)].addcmul_(pred[(slice(None), *src)], self.patch_weight[src])  # in place
+            self._starts.append(tuple(int(v) for v in start))
+
+    def _axis_sums(self):
+        """Per-axis 1D weight sums when the starts are a Cartesian grid added once each, else None."""
+        if not self._starts:
+            return None
+        per_axis = [sorted({s[a] for s in self._starts}) for a in range(3)]
+        if len(self._starts) != len(per_axis[0]) * len(per_axis[1]) * len(per_axis[2]) or len(set(self._starts)) != len(self._starts):
+            return None
+        sums = []
+        for a in range(3):
+            acc = np.zeros(self.shape[a], np.float64)
+            for s in per_axis[a]:
+                lo, hi = max(s, 0), min(s + self.patch_size[a], self.shape[a])
+                if hi > lo:
+                    acc[lo:hi] += self._factors[a][lo - s : hi - s]
+            sums.append(acc)
+        return sums
+
+    def weight_map(self):
+        """The weight sum ``(D, H, W)`` (float32 tensor on the device)."""
+        import torch
+
+        sums = self._axis_sums()
+        if sums is not None:
+            w = sums[0][:, None, None] * sums[1][None, :, None] * sums[2][None, None, :]
+            return torch.from_numpy(w.astype(np.float32)).to(self.device)
+        weight = torch.zeros(self.shape, dtype=torch.float32, device=self.device)
+        for start in self._starts:
+            clipped = self._clip(start)
+            if clipped is not None:
+                weight[clipped[1]] += self.patch_weight[clipped[0]]
+        return weight
 
     def result(self, affine=None, metadata=None):
-        """The averaged prediction (torch tensor ``(C, D, H, W)``), or a Volume when ``affine`` is given."""
-        if bool((self.weight == 0).any()):
-            raise MedstackError("Aggregator: some voxels were not covered by any patch")
-        out = self.sum / self.weight
+        """The weighted average (torch tensor ``(C, D, H, W)``), or a Volume when ``affine`` is given.
+
+        Divides the accumulator in place (no second output-sized array); the aggregator is spent afterwards.
+        """
+        import torch
+
+        sums = self._axis_sums()
+        if sums is not None:
+            if min(float(s.min()) for s in sums) <= 0:
+                raise MedstackError("Aggregator: some voxels were not covered by any patch")
+            dh = torch.from_numpy((1.0 / (sums[0][:, None] * sums[1][None, :])).astype(np.float32)).to(self.device)
+            dw = torch.from_numpy((1.0 / sums[2]).astype(np.float32)).to(self.device)
+            out = self.sum.mul_(dh[:, :, None]).mul_(dw)
+        else:
+            weight = self.weight_map()
+            if bool((weight == 0).any()):
+                raise MedstackError("Aggregator: some voxels were not covered by any patch")
+            out = self.sum.div_(weight)
+        self._starts = []
         if affine is None:
             return out
         return Volume(out.cpu().numpy() if self.device.type == "cpu" else out, affine, dict(metadata or {}))
@@ -93,12 +164,19 @@ def sliding_window_inference(volume: Volume, predictor: Callable, patch_size, *,
     from medstack.patches.reading import read_patch
 
     starts = grid_positions(volume.spatial_shape, patch_size, overlap)
-    data = volume.data  # numpy, torch or lazy HDF5 (each window then reads only its chunks)
+    data = volume.data  # numpy, torch or lazy HDF5 (each window then reads only its bytes)
+    p = tuple(int(v) for v in _size3(patch_size))
+    np_dtype = torch.empty(0, dtype=data.dtype).numpy().dtype if torch.is_tensor(data) else np.dtype(data.dtype)
     agg = None
     with torch.no_grad():
         for i in range(0, len(starts), batch_size):
             chunk = starts[i : i + batch_size]
-            x = torch.from_numpy(np.stack([read_patch(data, s, patch_size, pad_value) for s in chunk]))
+            x = torch.from_numpy(np.empty((len(chunk), data.shape[0], *p), dtype=np_dtype))
+            for j, s in enumerate(chunk):  # each window straight into the batch (no per-window array + stack)
+                if hasattr(data, "read_patch_into"):
+                    data.read_patch_into(x[j].numpy(), s, pad_value)
+                else:
+                    x[j].numpy()[...] = read_patch(data, s, p, pad_value)
             y = predictor(x.to(device))
             if agg is None:
                 k = n_out_channels or int(y.shape[1])

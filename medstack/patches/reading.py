@@ -13,7 +13,7 @@ def read_patch(data, start, patch_size, pad_value=0.0) -> np.ndarray:
     Only the needed bytes are read from lazy (HDF5) data: the in-bounds box, then padded in memory.
     """
     p = _size3(patch_size)
-    if hasattr(data, "read_patch_into"):  # lazy HDF5: straight from the page cache when uncompressed
+    if hasattr(data, "read_patch_into"):  # lazy HDF5: direct reads of the patch's bytes when uncompressed
         return data.read_patch_into(np.empty((data.shape[0], *p), dtype=data.dtype), start, pad_value)
     start = np.asarray(start, dtype=np.int64)
     shape = data.shape[1:]
