@@ -356,7 +356,7 @@ def build(spec):
 
         extra = {"cache_bytes": 0} if kind == "ms_queue_nocache" else {}
         ds = QueueDataset(case_list(root, n), UniformSampler(p), samples_per_volume=QUEUE_SPV, seed=0, **extra)
-        order = CaseGroupedSampler(ds, seed=0)
+        order = CaseGroupedSampler(ds, seed=0, batch_size=BATCH, num_workers=w)
         loader = make_loader(ds, batch_size=BATCH, num_workers=w, sampler=order)
 
         def on_epoch(e):

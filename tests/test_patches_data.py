@@ -374,3 +374,22 @@ def test_gaussian_weights_and_torch_input():
     tv = img.replace(data=torch.from_numpy(img.data.astype(np.float32)))
     out = sliding_window_inference(tv, lambda x: x * 2, (12, 12, 12), overlap=0.5, batch_size=5)
     np.testing.assert_allclose(np.asarray(out.data), 2 * img.data, rtol=1e-5, atol=1e-3)
+
+
+@pytest.mark.parametrize(("n_cases", "spv", "bs", "nw"), [(4, 8, 4, 2), (5, 8, 4, 2), (6, 4, 2, 3), (3, 6, 3, 1)])
+def test_case_grouped_sampler_keeps_each_case_on_one_worker(store, n_cases, spv, bs, nw):
+    """With batch_size/num_workers given, DataLoader's round-robin (batch j -> worker j % nw) sends every batch
+    of a case to the same worker, so each case is loaded once per epoch (when the cases do not divide evenly
+    among workers, the last ones may be shared); all indices appear once."""
+    _, cases, _ = store
+    q = QueueDataset([dict(c, id=f"{c['id']}_{k}") for k in range(2) for c in cases][:n_cases], UniformSampler(8),
+                     samples_per_volume=spv)  # fmt: skip
+    order = list(CaseGroupedSampler(q, seed=3, batch_size=bs, num_workers=nw))
+    assert sorted(order) == list(range(len(q)))
+    batches = [order[i : i + bs] for i in range(0, len(order), bs)]
+    owner = {}
+    for j, b in enumerate(batches):
+        for i in b:
+            owner.setdefault(i // spv, set()).add(j % nw)
+    shared = [c for c, w in owner.items() if len(w) > 1]
+    assert len(shared) <= (n_cases % nw and nw - 1), owner

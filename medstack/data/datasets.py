@@ -206,10 +206,19 @@ class PatchDataset(_SharedEpoch):
 class CaseGroupedSampler:
     """Index order for :class:`QueueDataset`: cases shuffled per epoch (seeded), each case's patches
     consecutive, so a worker's small volume cache is hit ``samples_per_volume`` times per load. Handles ranks
-    (``num_replicas``/``rank``: each rank gets distinct cases)."""
+    (``num_replicas``/``rank``: each rank gets distinct cases).
 
-    def __init__(self, dataset, *, seed: int = 0, num_replicas: int = 1, rank: int = 0):
+    With ``num_workers`` > 1, pass the loader's ``batch_size`` and ``num_workers``: a DataLoader hands batch
+    ``j`` to worker ``j % num_workers``, so the order interleaves per-worker streams of cases and every batch
+    of a case goes to the same worker (otherwise each worker would load every case). When the cases do not
+    divide evenly among the workers, the last ones may be shared; ``samples_per_volume`` a multiple of
+    ``batch_size`` keeps batches within one case.
+    """
+
+    def __init__(self, dataset, *, seed: int = 0, num_replicas: int = 1, rank: int = 0, batch_size: int = 1,
+                 num_workers: int = 0):  # fmt: skip
         self.dataset, self.seed, self.num_replicas, self.rank = dataset, int(seed), int(num_replicas), int(rank)
+        self.batch_size, self.num_workers = max(1, int(batch_size)), max(1, int(num_workers))
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -220,9 +229,20 @@ class CaseGroupedSampler:
         return order[self.rank :: self.num_replicas]
 
     def __iter__(self):
-        spv = self.dataset.samples_per_volume
-        for c in self._cases():
-            yield from range(int(c) * spv, (int(c) + 1) * spv)
+        spv, bs, nw = self.dataset.samples_per_volume, self.batch_size, self.num_workers
+        cases = [int(c) for c in self._cases()]
+        if nw == 1:
+            for c in cases:
+                yield from range(c * spv, (c + 1) * spv)
+            return
+        streams = []  # worker k's batches: the indices of its cases (every nw-th case), cut into batches
+        for k in range(nw):
+            idx = [i for c in cases[k::nw] for i in range(c * spv, (c + 1) * spv)]
+            streams.append([idx[j : j + bs] for j in range(0, len(idx), bs)])
+        for j in range(max((len(st) for st in streams), default=0)):
+            for st in streams:
+                if j < len(st):
+                    yield from st[j]
 
     def __len__(self):
         return len(self._cases()) * self.dataset.samples_per_volume
