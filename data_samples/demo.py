@@ -66,7 +66,7 @@ def main(argv=None) -> int:
     sys.path.insert(0, str(HERE.parent / "examples"))
     import train_patches
 
-    train_patches.main(["--out", str(out / "train"), "--iterations", "6", "--workers", "1"])
+    train_patches.main(["--out", str(out / "train"), "--iterations", "6", "--threads", "1"])
     print(f"done in {time.perf_counter() - t0:.1f} s; outputs under {out.resolve()}")
     return 0
 

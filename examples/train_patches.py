@@ -24,7 +24,7 @@ def main(argv=None) -> int:
 
     import medstack
     from medstack import transforms as T
-    from medstack.data import DevicePrefetcher, PatchDataset, make_loader, prepare
+    from medstack.data import DevicePrefetcher, PatchDataset, PatchLoader, prepare
     from medstack.patches import LabelSampler, sliding_window_inference
     from medstack.transforms.gpu import BatchAugment
 
@@ -33,7 +33,7 @@ def main(argv=None) -> int:
     p.add_argument("--iterations", type=int, default=20)
     p.add_argument("--patch", type=int, default=32)
     p.add_argument("--batch", type=int, default=4)
-    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--threads", type=int, default=2, help="patch reader threads (PatchLoader)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
@@ -49,7 +49,7 @@ def main(argv=None) -> int:
     norm = T.Compose([T.ZScore(keys="image", nonzero=True)], seed=args.seed)
     ds = PatchDataset(args.out / "store", LabelSampler(args.patch, pos=2, neg=1), samples_per_volume=64,
                       transform=norm, seed=args.seed)  # fmt: skip
-    loader = make_loader(ds, batch_size=args.batch, num_workers=args.workers, seed=args.seed)
+    loader = PatchLoader(ds, batch_size=args.batch, num_threads=args.threads, seed=args.seed)
     augment = BatchAugment(rotation=10, scale=(0.9, 1.1), contrast=(0.9, 1.1), noise_std=(0.0, 0.05))
     n_classes = 4
     model = UNet(spatial_dims=3, in_channels=2, out_channels=n_classes, channels=(8, 16, 32), strides=(2, 2),
@@ -59,7 +59,7 @@ def main(argv=None) -> int:
 
     it, epoch, wait, t0, losses = 0, 0, 0.0, time.perf_counter(), []
     while it < args.iterations:
-        ds.set_epoch(epoch)
+        loader.set_epoch(epoch)
         tick = time.perf_counter()
         for batch in DevicePrefetcher(loader, args.device, augment=augment, seed=args.seed + epoch):
             wait += time.perf_counter() - tick

@@ -393,3 +393,14 @@ def test_case_grouped_sampler_keeps_each_case_on_one_worker(store, n_cases, spv,
             owner.setdefault(i // spv, set()).add(j % nw)
     shared = [c for c, w in owner.items() if len(w) > 1]
     assert len(shared) <= (n_cases % nw and nw - 1), owner
+
+
+def test_device_prefetcher_over_patch_loader(store):
+    root, _, _ = store
+    ds = PatchDataset(root / "out", LabelSampler(16), samples_per_volume=4, seed=0)
+    loader = PatchLoader(ds, batch_size=4, num_threads=2, seed=1)
+    batches = list(DevicePrefetcher(loader, "cpu", augment=BatchAugment(rotation=10), seed=0))
+    assert len(batches) == len(loader) == 3
+    raw = list(loader)
+    assert [b["case_id"] for b in batches] == [b["case_id"] for b in raw]
+    assert batches[0]["image"].dtype == torch.float32 and batches[0]["label"].dtype == torch.uint8

@@ -121,12 +121,16 @@ def test_lazy_with_dtype_stays_lazy_and_casts_reads(tmp_path, vol):
     np.testing.assert_array_equal(part, vol.data[:, :3, :4, :5].astype(np.float32))
 
 
+@pytest.mark.parametrize("budget", [512 << 20, 0])  # mmap reads / preadv reads
 @pytest.mark.parametrize(("chunks", "compression"), [("auto", None), ((5, 7, 6), None), (None, None), ((5, 7, 6), "gzip")])
-def test_read_patch_into_equals_padded_crop(tmp_path, chunks, compression):
+def test_read_patch_into_equals_padded_crop(tmp_path, monkeypatch, chunks, compression, budget):
     """Patches of every position class (inside, across chunk borders, partly and fully outside) equal the
-    padded crop of the eager array, for chunked and contiguous (direct preadv path) and compressed (h5py) data."""
+    padded crop of the eager array, for chunked and contiguous (direct mmap or preadv reads) and compressed
+    (h5py) data."""
+    from medstack.io import _direct
     from medstack.io._direct import DirectDataset
 
+    monkeypatch.setattr(_direct, "MAP_BUDGET", budget)
     rng = np.random.default_rng(0)
     data = rng.integers(-3000, 3000, size=(2, 17, 19, 23)).astype(np.int16)
     path = write_h5(medstack.Volume(data, np.eye(4)), tmp_path / "v.h5", chunks=chunks, compression=compression)
@@ -153,7 +157,7 @@ def test_read_patch_into_equals_padded_crop(tmp_path, chunks, compression):
         arr.read_patch_into(np.empty((1, 4, 4, 4), np.int16), (0, 0, 0))
 
 
-def test_direct_reads_use_no_h5py_reads_and_survive_workers(tmp_path, monkeypatch):
+def test_direct_reads_bypass_h5py_and_report_truncation(tmp_path, monkeypatch):
     """Uncompressed patches never go through h5py's read machinery; several channels per chunk work; a
     truncated file is a clear ReadError naming it."""
     from medstack.errors import ReadError
@@ -174,6 +178,28 @@ def test_direct_reads_use_no_h5py_reads_and_survive_workers(tmp_path, monkeypatc
     with open(path, "r+b") as f:
         f.truncate(size - 1000)
     cut = H5Array(path, "x", data.shape, data.dtype, (3, 8, 8, 8))
-    with pytest.raises(ReadError, match="short read"):
+    with pytest.raises(ReadError, match="truncated"):
         for start in ((0, 0, 0), (12, 12, 12), (15, 15, 15)):
             cut.read_patch_into(out, start)
+
+
+def test_mapping_budget_maps_first_datasets_and_reads_the_rest_with_preadv(tmp_path, monkeypatch):
+    """Datasets are mapped while the process's mapped bytes stay within MAP_BUDGET; the others are read with
+    preadv (RSS bounded whatever the store's size); closing a mapped one gives its bytes back; reads stay right."""
+    from medstack.io import _direct
+
+    monkeypatch.setattr(_direct, "_mapped", {"pid": None, "bytes": 0})
+    data = np.arange(2 * 32 * 32 * 32, dtype=np.int32).reshape(2, 32, 32, 32)
+    arrs = []
+    for k in range(3):
+        path = write_h5(medstack.Volume(data + k, np.eye(4)), tmp_path / f"v{k}.h5", chunks=(16, 16, 16))
+        arrs.append(read_h5(path, lazy=True).data)
+    monkeypatch.setattr(_direct, "MAP_BUDGET", 2 * data.nbytes)
+    for k, arr in enumerate(arrs):
+        out = np.empty((2, 16, 16, 16), np.int32)
+        arr.read_patch_into(out, (k, 2 * k, 3 * k))
+        np.testing.assert_array_equal(out, data[:, k : k + 16, 2 * k : 2 * k + 16, 3 * k : 3 * k + 16] + k)
+    assert [a._direct_reader()._views is not None for a in arrs] == [True, True, False]
+    assert _direct._mapped["bytes"] == 2 * data.nbytes
+    arrs[0].close()
+    assert _direct._mapped["bytes"] == data.nbytes

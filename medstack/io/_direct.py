@@ -1,31 +1,53 @@
-"""Direct reads of uncompressed HDF5 datasets: the bytes of a patch are read with ``preadv`` at the file offsets
-h5py reports, without h5py's chunk cache and per-call machinery.
+"""Direct reads of uncompressed HDF5 datasets: a patch's bytes are taken at the file offsets h5py reports,
+without h5py's chunk cache and per-call machinery.
 
 An HDF5 dataset without filters stores each chunk (or the whole contiguous array) as raw C-order bytes at a
-file offset (``get_chunk_info`` / ``get_offset``). For each chunk a patch overlaps, only the slab of chunk
-planes it spans is read (one ``preadv`` into a per-thread buffer), then the patch's rows are copied out of
-it with NumPy. Both the system call and the NumPy copy release the GIL, so reader threads scale. h5py
-instead reads and caches whole chunks and copies through its own buffers (about 4x the patch's bytes for a
-96^3 patch over 64^3 chunks, plus ~0.1 ms of overhead per call).
+file offset (``get_chunk_info`` / ``get_offset``). Two ways to read them, both releasing the GIL (so reader
+threads scale):
 
-Measured against ``mmap`` of the same bytes: equally fast once every page is mapped, but mapped pages count
-in the process's RSS (growing with the number of cases read) and dropping them costs page faults on every
-later read. ``preadv`` keeps memory flat: only the per-thread slab buffer (one chunk at most).
+- ``mmap``: every chunk is a NumPy view on a read-only mapping of the file, and a patch is one strided copy
+  per chunk it overlaps, from the page cache straight into the caller's array: only the patch's own bytes
+  move. Mapped pages count in the process's RSS once touched, so a process maps datasets only up to a budget
+  (:data:`MAP_BUDGET`, env ``MEDSTACK_MAP_BUDGET`` in bytes, default 256 MiB) of dataset bytes, first come
+  first served; the others are read with ``preadv``. RSS stays below the budget whatever the store's size.
+- ``preadv``: for each chunk, the slab of chunk planes the patch spans is read into a per-thread buffer and
+  the patch's rows copied out. No RSS beyond one chunk per thread, but ~3x the patch's bytes move (1.3-1.5x
+  slower per patch than the mapped copy on the benchmark box, with 2 threads).
 
-Datasets that cannot be read this way (filters/compression, non-native byte order, unallocated chunks,
-drivers other than the default) return ``None`` from :meth:`DirectDataset.open`; callers fall back to h5py.
+Dropping mapped pages (``MADV_DONTNEED``) to map every dataset within a budget was measured and rejected: the
+page faults after each drop made it slower than ``preadv`` once the store exceeds the budget.
+
+h5py instead reads and caches whole chunks and copies through its own buffers (about 4x the patch's bytes for a
+96^3 patch over 64^3 chunks, plus ~0.1 ms of overhead per call). Datasets that cannot be read this way
+(filters/compression, non-native byte order, unallocated chunks, drivers other than the default) return
+``None`` from :meth:`DirectDataset.open`; callers fall back to h5py.
 """
 
 from __future__ import annotations
 
+import mmap
 import os
 import threading
 
 import numpy as np
 
-__all__ = ["DirectDataset"]
+__all__ = ["MAP_BUDGET", "DirectDataset"]
+
+MAP_BUDGET = int(os.environ.get("MEDSTACK_MAP_BUDGET", 256 << 20))  # dataset bytes mapped per process; 0: preadv
 
 _local = threading.local()
+_lock = threading.RLock()  # re-entrant: close() may run from __del__ inside a locked section
+_mapped = {"pid": None, "bytes": 0}  # dataset bytes mapped by this process
+
+
+def _reserve(nbytes: int) -> bool:
+    """Take ``nbytes`` of this process's mapping budget; False when it would be exceeded. Call under ``_lock``."""
+    if _mapped["pid"] != os.getpid():  # a forked child starts with nothing mapped
+        _mapped.update(pid=os.getpid(), bytes=0)
+    if _mapped["bytes"] + nbytes > MAP_BUDGET:
+        return False
+    _mapped["bytes"] += nbytes
+    return True
 
 
 def _buffer(nbytes: int) -> np.ndarray:
@@ -60,6 +82,11 @@ class DirectDataset:
         self._table = table  # chunked: byte offset per chunk grid position
         self._fd = None
         self._pid = None
+        self._mm = None  # the mapping and its views (per process); False: read with preadv in this process
+        self._views = None
+        self._map_pid = None
+        cells = np.prod(self.shape) if chunks is None else np.prod([-(-s // c) * c for s, c in zip(self.shape, self.chunks)])
+        self._nbytes = int(cells) * self.dtype.itemsize
 
     @classmethod
     def open(cls, path, ds) -> DirectDataset | None:
@@ -103,24 +130,105 @@ class DirectDataset:
         if self._fd is not None and self._pid == os.getpid():
             os.close(self._fd)
         self._fd = None
+        with _lock:
+            if self._views is not None and self._map_pid == os.getpid() and _mapped["pid"] == os.getpid():
+                _mapped["bytes"] -= self._nbytes  # unmapped when the last view is gone
+            self._views = self._mm = self._map_pid = None
 
-    def __del__(self):
-        try:
-            self.close()
-        except OSError:
-            pass
+    def _mapping(self):
+        """The chunk views (or the contiguous array view) on a mapping of the file, made once per process; None
+        when this dataset is read with ``preadv`` here (over the budget, or no ``mmap``)."""
+        pid = os.getpid()
+        if self._map_pid == pid:
+            return self._views
+        with _lock:
+            if self._map_pid == pid:
+                return self._views
+            self._views, self._mm, self._map_pid = None, None, pid
+            if MAP_BUDGET <= 0 or not _reserve(self._nbytes):
+                return None
+            try:
+                mm = mmap.mmap(self._file(), 0, access=mmap.ACCESS_READ)
+            except (OSError, ValueError):
+                _mapped["bytes"] -= self._nbytes
+                return None
+            try:
+                if self._table is None:
+                    views = np.ndarray(self.shape, self.dtype, buffer=mm, offset=self._offset)
+                else:
+                    t, shape = self._table, self.chunks
+                    views = [[[[np.ndarray(shape, self.dtype, buffer=mm, offset=int(t[a][b][c][d]))
+                                for d in range(len(t[a][b][c]))] for c in range(len(t[a][b]))]
+                              for b in range(len(t[a]))] for a in range(len(t))]  # fmt: skip
+            except (TypeError, ValueError) as e:
+                from medstack.errors import ReadError
+
+                _mapped["bytes"] -= self._nbytes
+                raise ReadError(f"{self.path}: truncated file? its data lies past the end of the file "
+                                f"({len(mm)} bytes): {e}") from e  # fmt: skip
+            self._mm, self._views = mm, views
+            return views
 
     def read_into(self, out: np.ndarray, start) -> None:
         """``out[:] = dataset[:, d0:d0+pd, h0:h0+ph, w0:w0+pw]`` for the part of the box inside the dataset
         (``out`` has the box's shape ``(C, pd, ph, pw)``; the caller fills the parts outside). ``out`` may have
         another dtype (converted on copy)."""
+        views = self._mapping()
+        if views is None:
+            self._read_pread(out, start)
+        else:
+            self._read_mapped(views, out, start)
+
+    def _inside(self, out, start):
+        """(lo, hi, o): the box part inside the dataset and where it starts in ``out``; None when outside."""
         box = out.shape[1:]
-        start = [int(s) for s in start]
         lo = [max(0, s) for s in start]
         hi = [min(n, s + b) for n, s, b in zip(self.shape[1:], start, box)]
         if any(h <= low for low, h in zip(lo, hi)):
+            return None
+        return lo, hi, [low - s for low, s in zip(lo, start)]
+
+    def _ranges(self, lo, hi, o):
+        """Per axis (D, H, W): (chunk index, lo in chunk, hi in chunk, lo in out) of each chunk overlapped."""
+        ranges = []
+        for ax, c in enumerate(self.chunks[1:]):
+            r, g = [], lo[ax] // c
+            while g * c < hi[ax]:
+                a0, b0 = max(lo[ax], g * c), min(hi[ax], (g + 1) * c)
+                r.append((g, a0 - g * c, b0 - g * c, a0 - lo[ax] + o[ax]))
+                g += 1
+            ranges.append(r)
+        return ranges
+
+    def _read_mapped(self, views, out: np.ndarray, start) -> None:
+        start = [int(s) for s in start]
+        inside = self._inside(out, start)
+        if inside is None:
             return
-        o = [low - s for low, s in zip(lo, start)]  # where the inside part starts in ``out``
+        lo, hi, o = inside
+        nc = self.shape[0]
+        if self._table is None:
+            dst = out[:, o[0] : o[0] + hi[0] - lo[0], o[1] : o[1] + hi[1] - lo[1], o[2] : o[2] + hi[2] - lo[2]]
+            dst[...] = views[:, lo[0] : hi[0], lo[1] : hi[1], lo[2] : hi[2]]
+            return
+        cc = self.chunks[0]
+        ranges = self._ranges(lo, hi, o)
+        for gc in range(-(-nc // cc)):
+            c0, c1 = gc * cc, min(nc, gc * cc + cc)
+            for gd, sd0, sd1, dd0 in ranges[0]:
+                nd = sd1 - sd0
+                for gh, sh0, sh1, dh0 in ranges[1]:
+                    row = views[gc][gd][gh]
+                    for gw, sw0, sw1, dw0 in ranges[2]:
+                        dst = out[c0:c1, dd0 : dd0 + nd, dh0 : dh0 + sh1 - sh0, dw0 : dw0 + sw1 - sw0]
+                        dst[...] = row[gw][: c1 - c0, sd0:sd1, sh0:sh1, sw0:sw1]
+
+    def _read_pread(self, out: np.ndarray, start) -> None:
+        start = [int(s) for s in start]
+        inside = self._inside(out, start)
+        if inside is None:
+            return
+        lo, hi, o = inside
         fd, item = self._file(), self.dtype.itemsize
         nc, _, nh, nw = self.shape
         if self._table is None:  # contiguous: per channel and slice, the rows h0:h1 at full width
@@ -134,14 +242,7 @@ class DirectDataset:
                     out[c, z - lo[0] + o[0], dst_h, dst_w] = slab[:, lo[2] : hi[2]]
             return
         cc, cd, ch, cw = self.chunks
-        ranges = []
-        for ax, c in enumerate((cd, ch, cw)):  # per axis: (chunk index, lo in chunk, hi in chunk, lo in out)
-            r, g = [], lo[ax] // c
-            while g * c < hi[ax]:
-                a0, b0 = max(lo[ax], g * c), min(hi[ax], (g + 1) * c)
-                r.append((g, a0 - g * c, b0 - g * c, a0 - lo[ax] + o[ax]))
-                g += 1
-            ranges.append(r)
+        ranges = self._ranges(lo, hi, o)
         plane = ch * cw
         buf = _buffer(cc * cd * plane * item)
         for gc in range(-(-nc // cc)):

@@ -79,7 +79,7 @@ class H5Array:
             return self._ds
 
     def _direct_reader(self):
-        """Direct ``preadv`` access to the dataset's bytes (``medstack.io._direct``), or None (compressed...)."""
+        """Direct access to the dataset's bytes (``medstack.io._direct``: mmap or preadv), or None (compressed...)."""
         ds = self._dataset()
         if self._direct is None:
             from medstack.io._direct import DirectDataset
@@ -91,8 +91,8 @@ class H5Array:
 
     def read_patch_into(self, out: np.ndarray, start, pad_value=0) -> np.ndarray:
         """Fill ``out`` (shape ``(C, pd, ph, pw)``) with the box of that size at voxel ``start`` (d, h, w);
-        voxels outside the array are ``pad_value``. Uncompressed datasets are read directly (``preadv`` of the
-        chunk slabs the box spans, ``medstack.io._direct``); others through h5py. ``out`` may have another dtype
+        voxels outside the array are ``pad_value``. Uncompressed datasets are read directly (a copy from the
+        mapped page cache, or ``preadv``: ``medstack.io._direct``); others through h5py. ``out`` may have another dtype
         (converted on copy). Safe to call from several threads."""
         box = out.shape[1:]
         if out.shape[0] != self.shape[0] or len(box) != 3:
