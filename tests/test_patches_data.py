@@ -26,6 +26,7 @@ from medstack.patches import (
     class_voxel_lists,
     grid_positions,
     read_patch,
+    read_patch_into,
     sliding_window_inference,
 )
 from medstack.testing import axis_code_affine, center_affine, phantom_pair, random_affine
@@ -110,6 +111,19 @@ def test_read_patch_pads_outside():
     assert p.shape == (2, 3, 4, 4)
     np.testing.assert_array_equal(p[:, 1:, :2, :2], data[:, 0:2, 3:5, 4:6])
     assert (p[:, 0] == -7).all() and (p[:, :, 2:] == -7).all()
+
+
+def test_read_patch_into_sources_and_targets():
+    """Every source kind (writable, read-only and bool NumPy, torch) into NumPy or torch targets, padded."""
+    base = np.arange(2 * 6 * 7 * 8).reshape(2, 6, 7, 8)
+    frozen = base.astype(np.int16)
+    frozen.flags.writeable = False
+    for src in (base.astype(np.float32), frozen, base % 3 == 0, torch.from_numpy(base.astype(np.int32))):
+        ref = read_patch(np.asarray(src), (-2, 3, 5), (4, 5, 6), pad_value=0)
+        for out in (np.empty((2, 4, 5, 6), ref.dtype), torch.empty((2, 4, 5, 6), dtype=torch.float64)):
+            read_patch_into(src, out, (-2, 3, 5), 0)
+            np.testing.assert_array_equal(np.asarray(out, dtype=np.float64), ref.astype(np.float64))
+        assert (ref[:, :2] == 0).all() and (ref[:, 2:, :4, :3] == np.asarray(src)[:, :2, 3:7, 5:8]).all()
 
 
 @pytest.fixture(scope="module")

@@ -9,6 +9,7 @@ from collections import deque
 import numpy as np
 
 from medstack.errors import MedstackError
+from medstack.patches.reading import read_patch_into
 
 __all__ = ["DevicePrefetcher", "PatchLoader", "make_loader"]
 
@@ -109,9 +110,9 @@ class PatchLoader:
         label = empty(first_lab.data, first_lab.shape[0]) if first_lab is not None else None
         affines = np.empty((len(indices), 4, 4))
         for j, ((_, start), (img, lab, _)) in enumerate(zip(located, cases)):
-            _read_into(img.data, image[j].numpy(), start, ds.pad_value)
+            read_patch_into(img.data, image[j], start, ds.pad_value)
             if label is not None:
-                _read_into(lab.data, label[j].numpy(), start, 0)
+                read_patch_into(lab.data, label[j], start, 0)
             a = np.array(img.affine)
             a[:3, 3] = a[:3, :3] @ np.asarray(start[::-1], dtype=np.float64) + a[:3, 3]
             affines[j] = a
@@ -160,16 +161,6 @@ class PatchLoader:
         pool = getattr(self, "_pool", None)
         if pool is not None:
             pool.shutdown(wait=False, cancel_futures=True)
-
-
-def _read_into(data, out: np.ndarray, start, pad_value) -> None:
-    """The patch of ``data`` at ``start`` into ``out`` (lazy HDF5: straight from the page cache)."""
-    if hasattr(data, "read_patch_into"):
-        data.read_patch_into(out, start, pad_value)
-    else:
-        from medstack.patches.reading import read_patch
-
-        out[...] = read_patch(data, start, out.shape[1:], pad_value)
 
 
 def make_loader(dataset, batch_size: int = 2, *, num_workers: int | None = None, shuffle: bool = True,

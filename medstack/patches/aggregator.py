@@ -161,7 +161,7 @@ def sliding_window_inference(volume: Volume, predictor: Callable, patch_size, *,
     stitch the result; returns a Volume on ``volume``'s grid (same affine)."""
     import torch
 
-    from medstack.patches.reading import read_patch
+    from medstack.patches.reading import read_patch_into
 
     starts = grid_positions(volume.spatial_shape, patch_size, overlap)
     data = volume.data  # numpy, torch or lazy HDF5 (each window then reads only its bytes)
@@ -173,10 +173,7 @@ def sliding_window_inference(volume: Volume, predictor: Callable, patch_size, *,
             chunk = starts[i : i + batch_size]
             x = torch.from_numpy(np.empty((len(chunk), data.shape[0], *p), dtype=np_dtype))
             for j, s in enumerate(chunk):  # each window straight into the batch (no per-window array + stack)
-                if hasattr(data, "read_patch_into"):
-                    data.read_patch_into(x[j].numpy(), s, pad_value)
-                else:
-                    x[j].numpy()[...] = read_patch(data, s, p, pad_value)
+                read_patch_into(data, x[j], s, pad_value)
             y = predictor(x.to(device))
             if agg is None:
                 k = n_out_channels or int(y.shape[1])

@@ -7,26 +7,52 @@ import numpy as np
 from medstack.patches.samplers import _size3
 
 
+def read_patch_into(data, out, start, pad_value=0.0):
+    """Fill ``out`` (``(C, pd, ph, pw)``, NumPy array or CPU tensor) with the box of ``data`` at voxel ``start``
+    (d, h, w); voxels outside are ``pad_value``. One copy from the source (no intermediate array): lazy HDF5
+    reads only the box's bytes (``H5Array.read_patch_into``); NumPy and CPU torch sources are copied with
+    torch's multi-threaded strided copy. Returns ``out``."""
+    import torch
+
+    box = tuple(out.shape[1:])
+    if hasattr(data, "read_patch_into"):
+        data.read_patch_into(out if isinstance(out, np.ndarray) else out.numpy(), start, pad_value)
+        return out
+    start = [int(s) for s in start]
+    shape = data.shape[1:]
+    lo = [max(0, s) for s in start]
+    hi = [min(n, s + b) for n, s, b in zip(shape, start, box)]
+    if any(s < 0 or s + b > n for s, b, n in zip(start, box, shape)):
+        out[...] = pad_value
+    if any(h <= low for low, h in zip(lo, hi)):
+        return out
+    src = data[(slice(None), *(slice(a, b) for a, b in zip(lo, hi)))]
+    dst = out[(slice(None), *(slice(a - s, b - s) for a, b, s in zip(lo, hi, start)))]
+    if torch.is_tensor(src) and src.device.type != "cpu":
+        src = src.cpu()
+    if isinstance(src, np.ndarray) and (src.dtype.kind not in "biuf" or not src.flags.writeable
+                                        or src.dtype.byteorder not in "=|"):  # fmt: skip
+        # bool, read-only (memory-mapped) or byte-swapped sources: NumPy copies them
+        (dst if isinstance(dst, np.ndarray) else dst.numpy())[...] = src
+    else:
+        t_dst = torch.from_numpy(dst) if isinstance(dst, np.ndarray) else dst
+        t_dst.copy_(torch.from_numpy(src) if isinstance(src, np.ndarray) else src)
+    return out
+
+
 def read_patch(data, start, patch_size, pad_value=0.0) -> np.ndarray:
     """``data[:, d:d+pd, h:h+ph, w:w+pw]`` as a NumPy array in the stored dtype; parts outside are ``pad_value``.
 
-    Only the needed bytes are read from lazy (HDF5) data: the in-bounds box, then padded in memory.
+    Only the needed bytes are read from lazy (HDF5) data. See :func:`read_patch_into` to fill a given array.
     """
+    import torch
+
     p = _size3(patch_size)
-    if hasattr(data, "read_patch_into"):  # lazy HDF5: direct reads of the patch's bytes when uncompressed
-        return data.read_patch_into(np.empty((data.shape[0], *p), dtype=data.dtype), start, pad_value)
-    start = np.asarray(start, dtype=np.int64)
-    shape = data.shape[1:]
-    lo = np.maximum(start, 0)
-    hi = np.minimum(start + p, shape)
-    box = (slice(None), *(slice(int(a), int(b)) for a, b in zip(lo, np.maximum(hi, lo))))
-    inner = data[box]
-    if hasattr(inner, "numpy") and not isinstance(inner, np.ndarray):
-        inner = inner.detach().cpu().numpy()
-    inner = np.asarray(inner)
-    if tuple(inner.shape[1:]) == tuple(p):
-        return np.ascontiguousarray(inner)
-    out = np.full((data.shape[0], *p), pad_value, dtype=inner.dtype)
-    off = lo - start
-    out[(slice(None), *(slice(int(o), int(o) + n) for o, n in zip(off, inner.shape[1:])))] = inner
-    return out
+    if torch.is_tensor(data):
+        try:
+            dtype = torch.empty(0, dtype=data.dtype).numpy().dtype
+        except TypeError:  # bfloat16 and other dtypes without a NumPy equivalent
+            data, dtype = data.float(), np.dtype(np.float32)
+    else:
+        dtype = np.dtype(data.dtype)
+    return read_patch_into(data, np.empty((data.shape[0], *(int(v) for v in p)), dtype=dtype), start, pad_value)
