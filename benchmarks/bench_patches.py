@@ -9,8 +9,9 @@ set re-uses the same images through hard links under new ids, prepared into its 
 Methods (patch 96^3, 4 patches per batch, 2 loader worker processes unless noted):
 
 - ``medstack PatchLoader uniform / label``: ``PatchLoader(PatchDataset(store, sampler), batch_size=4,
-  num_threads=2)``: batches assembled by 2 threads of the main process, each patch read with ``preadv`` of
-  the chunk slabs it spans straight into the batch tensor (no worker processes); the headline configuration.
+  num_threads=2)``: batches assembled by 2 threads of the main process, each patch copied straight into the
+  batch tensor from the mapped store (``mmap`` up to ``MEDSTACK_MAP_BUDGET``, 256 MiB by default, ``preadv``
+  of the chunk slabs for the cases beyond it); no worker processes; the headline configuration.
 - ``medstack store uniform / label``: ``PatchDataset(store, UniformSampler(96))`` or
   ``LabelSampler(96, pos=1, neg=1)`` through ``medstack.data.make_loader(ds, batch_size=4, num_workers=2)``
   (and ``num_workers=0``); items are int16 image + uint8 label tensors (plus start, affine, case id).
