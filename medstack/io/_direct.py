@@ -153,12 +153,18 @@ class DirectDataset:
                 _mapped["bytes"] -= self._nbytes
                 return None
             try:
+                raw = np.frombuffer(mm, dtype=np.uint8)  # one buffer export; views of it are cheap slices
                 if self._table is None:
-                    views = np.ndarray(self.shape, self.dtype, buffer=mm, offset=self._offset)
+                    n = int(np.prod(self.shape)) * self.dtype.itemsize
+                    views = raw[self._offset : self._offset + n].view(self.dtype).reshape(self.shape)
                 else:
                     t, shape = self._table, self.chunks
-                    views = [[[[np.ndarray(shape, self.dtype, buffer=mm, offset=int(t[a][b][c][d]))
-                                for d in range(len(t[a][b][c]))] for c in range(len(t[a][b]))]
+                    n = int(np.prod(shape)) * self.dtype.itemsize
+
+                    def chunk(off):
+                        return raw[off : off + n].view(self.dtype).reshape(shape)
+
+                    views = [[[[chunk(int(t[a][b][c][d])) for d in range(len(t[a][b][c]))] for c in range(len(t[a][b]))]
                               for b in range(len(t[a]))] for a in range(len(t))]  # fmt: skip
             except (TypeError, ValueError) as e:
                 from medstack.errors import ReadError
