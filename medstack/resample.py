@@ -319,11 +319,13 @@ def _interpolate_fast(x, m: np.ndarray, out_shape, work):
         pads.append(k)
     identity_plane = scales[1] == 1.0 and scales[2] == 1.0 and oh == h and ow == w
 
+    buf = torch.empty((1, 1, h, w), dtype=work, device=x.device)  # reused: no allocation per slice
+
     def resized(ch: int, z: int):
-        sl = x[ch, z].to(work)
         if identity_plane:
-            return sl
-        sl = sl[None, None]
+            return x[ch, z].to(work)
+        sl = buf
+        sl[0, 0].copy_(x[ch, z])  # converts to the work dtype
         if any(pads):
             sl = F.pad(sl, (0, pads[1], 0, pads[0]), mode="replicate")
         r = F.interpolate(sl, scale_factor=(1.0 / scales[1], 1.0 / scales[2]), mode="bilinear",
