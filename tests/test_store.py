@@ -1,3 +1,5 @@
+import os
+
 import h5py
 import numpy as np
 import pytest
@@ -203,3 +205,24 @@ def test_mapping_budget_maps_first_datasets_and_reads_the_rest_with_preadv(tmp_p
     assert _direct._mapped["bytes"] == 2 * data.nbytes
     arrs[0].close()
     assert _direct._mapped["bytes"] == data.nbytes
+
+
+def test_direct_readers_share_one_descriptor_per_file_and_close_h5py(tmp_path):
+    """The datasets of one file share a descriptor, and the h5py handle is closed once the direct reader
+    exists: a store of many cases holds about one descriptor per case, not four."""
+    from medstack.io import _direct
+
+    vol = medstack.Volume(np.arange(2 * 8 * 9 * 10, dtype=np.int16).reshape(2, 8, 9, 10), np.eye(4))
+    path = write_h5({"image": vol, "label": vol.replace(data=(vol.data % 3).astype(np.uint8))}, tmp_path / "c.h5")
+    arrs = [read_h5(path, name=n, lazy=True).data for n in ("image", "label")]
+    for arr in arrs:
+        out = np.empty((2, 4, 4, 4), arr.dtype)
+        arr.read_patch_into(out, (1, 2, 3))
+        assert arr._file is None  # h5py closed, reads go through the shared descriptor
+    entry = _direct._fds[(os.getpid(), str(path))]
+    assert entry[1] == 2
+    arrs[0].close()
+    assert _direct._fds[(os.getpid(), str(path))][1] == 1
+    arrs[1].close()
+    assert (os.getpid(), str(path)) not in _direct._fds
+    np.testing.assert_array_equal(arrs[1][:, 1:3], vol.data[:, 1:3] % 3)  # h5py path still works after close

@@ -38,6 +38,28 @@ MAP_BUDGET = int(os.environ.get("MEDSTACK_MAP_BUDGET", 256 << 20))  # dataset by
 _local = threading.local()
 _lock = threading.RLock()  # re-entrant: close() may run from __del__ inside a locked section
 _mapped = {"pid": None, "bytes": 0}  # dataset bytes mapped by this process
+_fds: dict = {}  # (pid, path) -> [descriptor, users]: the datasets of one file share a descriptor
+
+
+def _open_fd(path: str) -> int:
+    with _lock:
+        key = (os.getpid(), path)
+        entry = _fds.get(key)
+        if entry is None:
+            entry = _fds[key] = [os.open(path, os.O_RDONLY | getattr(os, "O_BINARY", 0)), 0]
+        entry[1] += 1
+        return entry[0]
+
+
+def _release_fd(path: str) -> None:
+    with _lock:
+        key = (os.getpid(), path)
+        entry = _fds.get(key)
+        if entry is not None:
+            entry[1] -= 1
+            if entry[1] <= 0:
+                del _fds[key]
+                os.close(entry[0])
 
 
 def _reserve(nbytes: int) -> bool:
@@ -82,8 +104,8 @@ class DirectDataset:
         self._table = table  # chunked: byte offset per chunk grid position
         self._fd = None
         self._pid = None
-        self._mm = None  # the mapping and its views (per process); False: read with preadv in this process
-        self._views = None
+        self._mm = None  # the mapping (per process)
+        self._views = None  # its chunk views; None with _map_pid == this process: read with preadv here
         self._map_pid = None
         cells = np.prod(self.shape) if chunks is None else np.prod([-(-s // c) * c for s, c in zip(self.shape, self.chunks)])
         self._nbytes = int(cells) * self.dtype.itemsize
@@ -123,14 +145,16 @@ class DirectDataset:
 
     def _file(self) -> int:
         if self._fd is None or self._pid != os.getpid():
-            self._fd, self._pid = os.open(self.path, os.O_RDONLY | getattr(os, "O_BINARY", 0)), os.getpid()
+            with _lock:
+                if self._fd is None or self._pid != os.getpid():
+                    self._fd, self._pid = _open_fd(self.path), os.getpid()
         return self._fd
 
     def close(self) -> None:
-        if self._fd is not None and self._pid == os.getpid():
-            os.close(self._fd)
-        self._fd = None
         with _lock:
+            if self._fd is not None and self._pid == os.getpid():
+                _release_fd(self.path)
+            self._fd = None
             if self._views is not None and self._map_pid == os.getpid() and _mapped["pid"] == os.getpid():
                 _mapped["bytes"] -= self._nbytes  # unmapped when the last view is gone
             self._views = self._mm = self._map_pid = None

@@ -59,7 +59,8 @@ class H5Array:
         self._file = None
         self._ds = None
         self._pid = None
-        self._direct = None  # DirectDataset, False when the dataset cannot be read directly, None before the first try
+        self._direct = None  # DirectDataset, or False when the dataset cannot be read directly
+        self._direct_pid = None  # the process _direct was made in
 
     ndim = property(lambda self: len(self.shape))
     size = property(lambda self: int(np.prod(self.shape)))
@@ -71,22 +72,34 @@ class H5Array:
 
         with _OPEN_LOCK:  # threads of one process share the handle
             if self._ds is None or self._pid != os.getpid():
+                if self._pid != os.getpid():
+                    self._direct, self._direct_pid = None, None
                 # small chunk cache: one open dataset per case per worker must not cost h5py's default 8 MiB
-                self._file = h5py.File(self.path, "r", rdcc_nbytes=1 << 20)
-                self._ds = self._file[self.dataset]
+                try:
+                    self._file = h5py.File(self.path, "r", rdcc_nbytes=1 << 20)
+                    self._ds = self._file[self.dataset]
+                except (OSError, KeyError) as e:
+                    raise ReadError(f"{self.path}: cannot read dataset {self.dataset!r} ({e})") from e
                 self._pid = os.getpid()
-                self._direct = None
             return self._ds
 
     def _direct_reader(self):
-        """Direct access to the dataset's bytes (``medstack.io._direct``: mmap or preadv), or None (compressed...)."""
-        ds = self._dataset()
-        if self._direct is None:
-            from medstack.io._direct import DirectDataset
+        """Direct access to the dataset's bytes (``medstack.io._direct``: mmap or preadv), or None (compressed...).
 
-            with _OPEN_LOCK:
-                if self._direct is None:
-                    self._direct = DirectDataset.open(self.path, ds) or False
+        Once it exists, the h5py file is closed again: patch reads need only the direct reader's descriptor
+        (shared by the datasets of one file), so a store of many cases does not hold two handles per case."""
+        pid = os.getpid()
+        if self._direct_pid == pid:
+            return self._direct or None
+        from medstack.io._direct import DirectDataset
+
+        with _OPEN_LOCK:
+            if self._direct_pid != pid:
+                self._direct = DirectDataset.open(self.path, self._dataset()) or False
+                self._direct_pid = pid
+                if self._direct and self._file is not None:
+                    self._file.close()
+                    self._file = self._ds = None
         return self._direct or None
 
     def read_patch_into(self, out: np.ndarray, start, pad_value=0) -> np.ndarray:
@@ -134,9 +147,9 @@ class H5Array:
             self._file.close()
         self._file = None
         self._ds = None
-        if self._direct:
+        if self._direct and self._direct_pid == os.getpid():
             self._direct.close()
-        self._direct = None
+        self._direct = self._direct_pid = None
 
     def __getstate__(self):
         state = dict(self.__dict__)
@@ -144,6 +157,7 @@ class H5Array:
         state["_ds"] = None
         state["_pid"] = None
         state["_direct"] = None
+        state["_direct_pid"] = None
         return state
 
     def __repr__(self):
