@@ -418,3 +418,28 @@ def test_device_prefetcher_over_patch_loader(store):
     raw = list(loader)
     assert [b["case_id"] for b in batches] == [b["case_id"] for b in raw]
     assert batches[0]["image"].dtype == torch.float32 and batches[0]["label"].dtype == torch.uint8
+
+
+def test_patch_loader_reuses_buffers_only_when_released(store):
+    """Batch memory is recycled, but never while the caller (or a view of a batch) still holds it."""
+    import gc
+
+    root, _, _ = store
+    ds = PatchDataset(root / "out", UniformSampler(8), samples_per_volume=40, seed=3)
+    loader = PatchLoader(ds, batch_size=4, shuffle=False, num_threads=2, prefetch=2, pin_memory=False)
+    it = iter(loader)
+    held = next(it)
+    kept_copy = held["image"].clone()
+    view = next(it)["image"][1]  # a view outliving its batch dict
+    view_copy = view.clone()
+    for _ in range(10):
+        next(it)
+    gc.collect()
+    torch.testing.assert_close(held["image"], kept_copy)
+    torch.testing.assert_close(view, view_copy)
+    for _ in it:
+        pass
+    pools = list(loader._buffers.values())
+    assert pools and all(len(p._free) <= 2 + 2 + 2 for p in pools)  # bounded: prefetch + held + in flight
+    reference = list(make_loader(ds, batch_size=4, num_workers=0, shuffle=False))
+    _same_batches(PatchLoader(ds, batch_size=4, shuffle=False, num_threads=2, pin_memory=False), reference)
