@@ -23,6 +23,7 @@ from medstack.errors import GeometryError
 
 __all__ = [
     "axcodes",
+    "box_affine",
     "check_affine",
     "dhw_to_ijk",
     "direction",
@@ -105,6 +106,14 @@ def direction(affine: np.ndarray) -> np.ndarray:
 def origin(affine: np.ndarray) -> np.ndarray:
     """RAS position (mm) of the centre of voxel ``(0, 0, 0)``."""
     return np.asarray(affine, dtype=np.float64)[:3, 3].copy()
+
+
+def box_affine(affine: np.ndarray, start_dhw: Sequence[float]) -> np.ndarray:
+    """Affine of a box (crop or patch) whose first voxel is voxel ``start_dhw`` (d, h, w) of ``affine``'s grid:
+    same axes and spacing, origin moved to that voxel's centre."""
+    out = np.array(affine, dtype=np.float64)
+    out[:3, 3] = voxel_to_world(out, dhw_to_ijk(start_dhw))
+    return out
 
 
 def _axis_assignment(affine: np.ndarray) -> list[tuple[int, int]]:

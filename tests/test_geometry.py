@@ -113,3 +113,14 @@ def test_check_affine_returns_read_only_copy():
 def test_bad_codes(code):
     with pytest.raises(GeometryError, match="orientation code"):
         geometry.reorientation(np.eye(4), (2, 2, 2), code)
+
+
+def test_box_affine_maps_box_voxels_onto_the_same_world_points():
+    rng = np.random.default_rng(7)
+    affine = random_affine(rng)
+    start = (3, -2, 5)  # (d, h, w); boxes may start outside the grid (padded patches)
+    box = geometry.box_affine(affine, start)
+    ijk = rng.integers(0, 10, size=(20, 3))
+    np.testing.assert_allclose(geometry.voxel_to_world(box, ijk),
+                               geometry.voxel_to_world(affine, ijk + np.array(start[::-1])), atol=1e-9)  # fmt: skip
+    np.testing.assert_array_equal(box[:3, :3], affine[:3, :3])

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from medstack import geometry
 from medstack.errors import MedstackError
 from medstack.patches.reading import read_patch
 from medstack.patches.samplers import CaseInfo, PatchSampler, _size3
@@ -131,8 +132,7 @@ class CaseStore:
 def _patch_item(case_id: str, image: Volume, label, start, patch_size, pad_value, transform, rng_torch):
     p = _size3(patch_size)
     img = read_patch(image.data, start, p, pad_value)
-    affine = np.array(image.affine)
-    affine[:3, 3] = affine[:3, :3] @ np.asarray(start[::-1], dtype=np.float64) + affine[:3, 3]
+    affine = geometry.box_affine(image.affine, start)
     sample = {"image": Volume(img, affine)}
     if label is not None:
         sample["label"] = Volume(read_patch(label.data, start, p, 0), affine)

@@ -10,6 +10,7 @@ from collections import deque
 
 import numpy as np
 
+from medstack import geometry
 from medstack.errors import MedstackError
 from medstack.patches.reading import read_patch_into
 
@@ -120,9 +121,7 @@ class PatchLoader:
             read_patch_into(img.data, image[j], start, ds.pad_value)
             if label is not None:
                 read_patch_into(lab.data, label[j], start, 0)
-            a = np.array(img.affine)
-            a[:3, 3] = a[:3, :3] @ np.asarray(start[::-1], dtype=np.float64) + a[:3, 3]
-            affines[j] = a
+            affines[j] = geometry.box_affine(img.affine, start)
         out = {"case_id": [ds.store.ids[c] for c, _ in located],
                "start": torch.as_tensor(np.stack([s for _, s in located]).astype(np.int64)),
                "image": image, "affine": torch.from_numpy(affines),

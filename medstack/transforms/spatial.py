@@ -13,6 +13,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from medstack import geometry
 from medstack.errors import MedstackError
 from medstack.transforms.base import RandomTransform, Transform, _as_range, interpolation_for, uniform
 from medstack.volume import Volume
@@ -103,10 +104,7 @@ def crop_or_pad_volume(volume: Volume, start, size, pad_value=0.0) -> Volume:
             data = F.pad(data, flat, value=float(pad_value))
     elif isinstance(data, np.ndarray):
         data = np.ascontiguousarray(data)
-    affine = np.array(vol.affine)
-    start_ijk = np.array(start[::-1], dtype=np.float64)
-    affine[:3, 3] = affine[:3, :3] @ start_ijk + affine[:3, 3]
-    return vol.replace(data=data, affine=affine)
+    return vol.replace(data=data, affine=geometry.box_affine(vol.affine, start))
 
 
 def _fill(volume: Volume, pad_value):
