@@ -72,6 +72,28 @@ def _reserve(nbytes: int) -> bool:
     return True
 
 
+def inside_box(shape_dhw, start, box):
+    """The part of the box of size ``box`` at voxel ``start`` (d, h, w) that lies inside an array of spatial
+    shape ``shape_dhw``: ``(lo, hi, o)`` = its bounds in the array and where it starts in the box; None when the
+    box is entirely outside. The box is partly outside (needs padding) iff ``hi - lo`` differs from ``box``."""
+    lo = [max(0, int(s)) for s in start]
+    hi = [min(int(n), int(s) + int(b)) for n, s, b in zip(shape_dhw, start, box)]
+    if any(h <= low for low, h in zip(lo, hi)):
+        return None
+    return lo, hi, [low - int(s) for low, s in zip(lo, start)]
+
+
+def padded_box(out, shape_dhw, start, pad_value):
+    """For filling ``out`` (``(C, *box)``) with the box at ``start`` of an array of spatial shape ``shape_dhw``:
+    sets ``out`` to ``pad_value`` when the box is not entirely inside, and returns :func:`inside_box`'s
+    ``(lo, hi, o)`` for the part to copy (None: nothing to copy)."""
+    box = out.shape[1:]
+    inside = inside_box(shape_dhw, start, box)
+    if inside is None or any(h - low != b for low, h, b in zip(inside[0], inside[1], box)):
+        out[...] = pad_value
+    return inside
+
+
 def _buffer(nbytes: int) -> np.ndarray:
     """This thread's reusable read buffer, at least ``nbytes`` long."""
     buf = getattr(_local, "buf", None)
@@ -104,8 +126,7 @@ class DirectDataset:
         self._table = table  # chunked: byte offset per chunk grid position
         self._fd = None
         self._pid = None
-        self._mm = None  # the mapping (per process)
-        self._views = None  # its chunk views; None with _map_pid == this process: read with preadv here
+        self._views = None  # chunk views on a mapping of the file; None with _map_pid == this process: preadv
         self._map_pid = None
         cells = np.prod(self.shape) if chunks is None else np.prod([-(-s // c) * c for s, c in zip(self.shape, self.chunks)])
         self._nbytes = int(cells) * self.dtype.itemsize
@@ -157,7 +178,7 @@ class DirectDataset:
             self._fd = None
             if self._views is not None and self._map_pid == os.getpid() and _mapped["pid"] == os.getpid():
                 _mapped["bytes"] -= self._nbytes  # unmapped when the last view is gone
-            self._views = self._mm = self._map_pid = None
+            self._views = self._map_pid = None
 
     def _mapping(self):
         """The chunk views (or the contiguous array view) on a mapping of the file, made once per process; None
@@ -168,7 +189,7 @@ class DirectDataset:
         with _lock:
             if self._map_pid == pid:
                 return self._views
-            self._views, self._mm, self._map_pid = None, None, pid
+            self._views, self._map_pid = None, pid
             if MAP_BUDGET <= 0 or not _reserve(self._nbytes):
                 return None
             try:
@@ -196,99 +217,60 @@ class DirectDataset:
                 _mapped["bytes"] -= self._nbytes
                 raise ReadError(f"{self.path}: truncated file? its data lies past the end of the file "
                                 f"({len(mm)} bytes): {e}") from e  # fmt: skip
-            self._mm, self._views = mm, views
+            self._views = views  # they keep the mapping alive
             return views
 
-    def read_into(self, out: np.ndarray, start) -> None:
-        """``out[:] = dataset[:, d0:d0+pd, h0:h0+ph, w0:w0+pw]`` for the part of the box inside the dataset
-        (``out`` has the box's shape ``(C, pd, ph, pw)``; the caller fills the parts outside). ``out`` may have
-        another dtype (converted on copy)."""
+    def read_into(self, out: np.ndarray, lo, hi, o) -> None:
+        """``out[:, o0:o0+(hi0-lo0), ...] = dataset[:, lo0:hi0, lo1:hi1, lo2:hi2]``: the inside part of a box
+        (from :func:`inside_box`); the caller fills the parts outside. ``out`` may have another dtype (converted
+        on copy)."""
         views = self._mapping()
-        if views is None:
-            self._read_pread(out, start)
-        else:
-            self._read_mapped(views, out, start)
-
-    def _inside(self, out, start):
-        """(lo, hi, o): the box part inside the dataset and where it starts in ``out``; None when outside."""
-        box = out.shape[1:]
-        lo = [max(0, s) for s in start]
-        hi = [min(n, s + b) for n, s, b in zip(self.shape[1:], start, box)]
-        if any(h <= low for low, h in zip(lo, hi)):
-            return None
-        return lo, hi, [low - s for low, s in zip(lo, start)]
-
-    def _ranges(self, lo, hi, o):
-        """Per axis (D, H, W): (chunk index, lo in chunk, hi in chunk, lo in out) of each chunk overlapped."""
+        if self._table is None:  # contiguous
+            if views is not None:
+                dst = out[:, o[0] : o[0] + hi[0] - lo[0], o[1] : o[1] + hi[1] - lo[1], o[2] : o[2] + hi[2] - lo[2]]
+                dst[...] = views[:, lo[0] : hi[0], lo[1] : hi[1], lo[2] : hi[2]]
+            else:
+                self._pread_contiguous(out, lo, hi, o)
+            return
+        cc, cd, ch, cw = self.chunks
+        item, plane = self.dtype.itemsize, ch * cw
+        fd = self._file() if views is None else None
+        buf = _buffer(cc * cd * plane * item) if views is None else None
         ranges = []
-        for ax, c in enumerate(self.chunks[1:]):
+        for ax, c in enumerate((cd, ch, cw)):  # per axis: (chunk index, lo in chunk, hi in chunk, lo in out)
             r, g = [], lo[ax] // c
             while g * c < hi[ax]:
                 a0, b0 = max(lo[ax], g * c), min(hi[ax], (g + 1) * c)
                 r.append((g, a0 - g * c, b0 - g * c, a0 - lo[ax] + o[ax]))
                 g += 1
             ranges.append(r)
-        return ranges
-
-    def _read_mapped(self, views, out: np.ndarray, start) -> None:
-        start = [int(s) for s in start]
-        inside = self._inside(out, start)
-        if inside is None:
-            return
-        lo, hi, o = inside
-        nc = self.shape[0]
-        if self._table is None:
-            dst = out[:, o[0] : o[0] + hi[0] - lo[0], o[1] : o[1] + hi[1] - lo[1], o[2] : o[2] + hi[2] - lo[2]]
-            dst[...] = views[:, lo[0] : hi[0], lo[1] : hi[1], lo[2] : hi[2]]
-            return
-        cc = self.chunks[0]
-        ranges = self._ranges(lo, hi, o)
-        for gc in range(-(-nc // cc)):
-            c0, c1 = gc * cc, min(nc, gc * cc + cc)
+        for gc in range(-(-self.shape[0] // cc)):
+            c0, c1 = gc * cc, min(self.shape[0], gc * cc + cc)
             for gd, sd0, sd1, dd0 in ranges[0]:
                 nd = sd1 - sd0
                 for gh, sh0, sh1, dh0 in ranges[1]:
-                    row = views[gc][gd][gh]
                     for gw, sw0, sw1, dw0 in ranges[2]:
+                        if views is not None:  # a view of the mapped chunk
+                            src = views[gc][gd][gh][gw][: c1 - c0, sd0:sd1]
+                        elif cc == 1:  # preadv of the z-slab of planes sd0:sd1, contiguous in the chunk
+                            src = buf[: nd * plane * item].view(self.dtype).reshape(1, nd, ch, cw)
+                            _pread_into(fd, src, self._table[gc][gd][gh][gw] + sd0 * plane * item, self.path)
+                        else:  # several channels per chunk: preadv of the whole chunk
+                            src = buf[: cc * cd * plane * item].view(self.dtype).reshape(cc, cd, ch, cw)
+                            _pread_into(fd, src, self._table[gc][gd][gh][gw], self.path)
+                            src = src[: c1 - c0, sd0:sd1]
                         dst = out[c0:c1, dd0 : dd0 + nd, dh0 : dh0 + sh1 - sh0, dw0 : dw0 + sw1 - sw0]
-                        dst[...] = row[gw][: c1 - c0, sd0:sd1, sh0:sh1, sw0:sw1]
+                        dst[...] = src[:, :, sh0:sh1, sw0:sw1]
 
-    def _read_pread(self, out: np.ndarray, start) -> None:
-        start = [int(s) for s in start]
-        inside = self._inside(out, start)
-        if inside is None:
-            return
-        lo, hi, o = inside
+    def _pread_contiguous(self, out: np.ndarray, lo, hi, o) -> None:
+        """Contiguous layout without a mapping: per channel and slice, one ``preadv`` of rows h0:h1 at full width."""
         fd, item = self._file(), self.dtype.itemsize
-        nc, _, nh, nw = self.shape
-        if self._table is None:  # contiguous: per channel and slice, the rows h0:h1 at full width
-            rows = hi[1] - lo[1]
-            buf = _buffer(rows * nw * item)
-            dst_h, dst_w = slice(o[1], o[1] + rows), slice(o[2], o[2] + hi[2] - lo[2])
-            for c in range(nc):
-                for z in range(lo[0], hi[0]):
-                    slab = buf[: rows * nw * item].view(self.dtype).reshape(rows, nw)
-                    _pread_into(fd, slab, self._offset + ((c * self.shape[1] + z) * nh + lo[1]) * nw * item, self.path)
-                    out[c, z - lo[0] + o[0], dst_h, dst_w] = slab[:, lo[2] : hi[2]]
-            return
-        cc, cd, ch, cw = self.chunks
-        ranges = self._ranges(lo, hi, o)
-        plane = ch * cw
-        buf = _buffer(cc * cd * plane * item)
-        for gc in range(-(-nc // cc)):
-            c0, c1 = gc * cc, min(nc, gc * cc + cc)
-            table_c = self._table[gc]
-            for gd, sd0, sd1, dd0 in ranges[0]:
-                nd = sd1 - sd0
-                for gh, sh0, sh1, dh0 in ranges[1]:
-                    offsets = table_c[gd][gh]
-                    for gw, sw0, sw1, dw0 in ranges[2]:
-                        if cc == 1:  # the z-slab of planes sd0:sd1 is contiguous in the chunk
-                            slab = buf[: nd * plane * item].view(self.dtype).reshape(1, nd, ch, cw)
-                            _pread_into(fd, slab, offsets[gw] + sd0 * plane * item, self.path)
-                        else:  # several channels per chunk: read the whole chunk
-                            slab = buf[: cc * cd * plane * item].view(self.dtype).reshape(cc, cd, ch, cw)
-                            _pread_into(fd, slab, offsets[gw], self.path)
-                            slab = slab[:, sd0:sd1]
-                        dst = out[c0:c1, dd0 : dd0 + nd, dh0 : dh0 + sh1 - sh0, dw0 : dw0 + sw1 - sw0]
-                        dst[...] = slab[: c1 - c0, :, sh0:sh1, sw0:sw1]
+        nc, nd_, nh, nw = self.shape
+        rows = hi[1] - lo[1]
+        buf = _buffer(rows * nw * item)
+        slab = buf[: rows * nw * item].view(self.dtype).reshape(rows, nw)
+        dst_h, dst_w = slice(o[1], o[1] + rows), slice(o[2], o[2] + hi[2] - lo[2])
+        for c in range(nc):
+            for z in range(lo[0], hi[0]):
+                _pread_into(fd, slab, self._offset + ((c * nd_ + z) * nh + lo[1]) * nw * item, self.path)
+                out[c, z - lo[0] + o[0], dst_h, dst_w] = slab[:, lo[2] : hi[2]]

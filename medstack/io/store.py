@@ -107,22 +107,20 @@ class H5Array:
         voxels outside the array are ``pad_value``. Uncompressed datasets are read directly (a copy from the
         mapped page cache, or ``preadv``: ``medstack.io._direct``); others through h5py. ``out`` may have another dtype
         (converted on copy). Safe to call from several threads."""
-        box = out.shape[1:]
-        if out.shape[0] != self.shape[0] or len(box) != 3:
+        from medstack.io._direct import padded_box
+
+        if out.shape[0] != self.shape[0] or out.ndim != 4:
             raise MedstackError(f"{self.path}:{self.dataset}: out has shape {out.shape}, expected ({self.shape[0]}, pd, ph, pw)")  # fmt: skip
-        start = [int(s) for s in start]
-        if any(s < 0 or s + b > n for s, b, n in zip(start, box, self.shape[1:])):
-            out[...] = pad_value
+        inside = padded_box(out, self.shape[1:], start, pad_value)
+        if inside is None:
+            return out
+        lo, hi, o = inside
         direct = self._direct_reader()
         if direct is not None:
-            direct.read_into(out, start)
-            return out
-        lo = [max(0, s) for s in start]
-        hi = [min(n, s + b) for s, b, n in zip(start, box, self.shape[1:])]
-        if any(h <= low for low, h in zip(lo, hi)):
-            return out
-        src = self._dataset()[(slice(None), *(slice(a, b) for a, b in zip(lo, hi)))]
-        out[(slice(None), *(slice(a - s, b - s) for a, b, s in zip(lo, hi, start)))] = src
+            direct.read_into(out, lo, hi, o)
+        else:
+            dst = out[(slice(None), *(slice(b, b + h - low) for low, h, b in zip(lo, hi, o)))]
+            dst[...] = self._dataset()[(slice(None), *(slice(low, h) for low, h in zip(lo, hi)))]
         return out
 
     def _out(self, arr):

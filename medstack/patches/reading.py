@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from medstack.io._direct import padded_box
 from medstack.patches.samplers import _size3
 
 
@@ -14,20 +15,15 @@ def read_patch_into(data, out, start, pad_value=0.0):
     torch's multi-threaded strided copy. Returns ``out``."""
     import torch
 
-    box = tuple(out.shape[1:])
     if hasattr(data, "read_patch_into"):
         data.read_patch_into(out if isinstance(out, np.ndarray) else out.numpy(), start, pad_value)
         return out
-    start = [int(s) for s in start]
-    shape = data.shape[1:]
-    lo = [max(0, s) for s in start]
-    hi = [min(n, s + b) for n, s, b in zip(shape, start, box)]
-    if any(s < 0 or s + b > n for s, b, n in zip(start, box, shape)):
-        out[...] = pad_value
-    if any(h <= low for low, h in zip(lo, hi)):
+    inside = padded_box(out, data.shape[1:], start, pad_value)
+    if inside is None:
         return out
-    src = data[(slice(None), *(slice(a, b) for a, b in zip(lo, hi)))]
-    dst = out[(slice(None), *(slice(a - s, b - s) for a, b, s in zip(lo, hi, start)))]
+    lo, hi, o = inside
+    src = data[(slice(None), *(slice(low, h) for low, h in zip(lo, hi)))]
+    dst = out[(slice(None), *(slice(b, b + h - low) for low, h, b in zip(lo, hi, o)))]
     if torch.is_tensor(src) and src.device.type != "cpu":
         src = src.cpu()
     if isinstance(src, np.ndarray) and (src.dtype.kind not in "biuf" or not src.flags.writeable
