@@ -15,10 +15,16 @@ from collections.abc import Callable
 import numpy as np
 
 from medstack.errors import MedstackError
+from medstack.io._direct import inside_box
 from medstack.patches.samplers import _size3, grid_positions
 from medstack.volume import Volume
 
 __all__ = ["Aggregator", "gaussian_weights", "sliding_window_inference"]
+
+
+def _outer3(a, b, c) -> np.ndarray:
+    """``a[d] * b[h] * c[w]`` as a ``(D, H, W)`` array."""
+    return a[:, None, None] * b[None, :, None] * c[None, None, :]
 
 
 def _gaussian_1d(n: int, sigma_scale: float, floor: float) -> np.ndarray:
@@ -36,7 +42,7 @@ def gaussian_weights(patch_size, sigma_scale: float = 0.125, *, separable: bool 
     axes = [_gaussian_1d(int(n), sigma_scale, 0.1).astype(np.float32) for n in p]
     if separable:
         return axes
-    return (axes[0][:, None, None] * axes[1][None, :, None] * axes[2][None, None, :]).astype(np.float32)
+    return _outer3(*axes).astype(np.float32)
 
 
 class Aggregator:
@@ -65,21 +71,17 @@ class Aggregator:
         else:
             factors = gaussian_weights(self.patch_size, separable=True)
         self._factors = factors
-        w = factors[0][:, None, None] * factors[1][None, :, None] * factors[2][None, None, :]
+        w = _outer3(*factors)
         self.patch_weight = torch.from_numpy(w).to(self.device)
         self._starts: list[tuple[int, int, int]] = []
 
     def _clip(self, start):
         """(source slices in the patch, destination slices in the volume), or None when fully outside."""
-        src, dst = [], []
-        for a in range(3):
-            lo, hi = int(start[a]), int(start[a]) + self.patch_size[a]
-            clo, chi = max(lo, 0), min(hi, self.shape[a])
-            if chi <= clo:
-                return None
-            dst.append(slice(clo, chi))
-            src.append(slice(clo - lo, chi - lo))
-        return tuple(src), tuple(dst)
+        inside = inside_box(self.shape, start, self.patch_size)
+        if inside is None:
+            return None
+        lo, hi, o = inside
+        return tuple(slice(b, b + h - low) for low, h, b in zip(lo, hi, o)), tuple(slice(low, h) for low, h in zip(lo, hi))
 
     def add(self, predictions, starts) -> None:
         import torch
@@ -120,8 +122,7 @@ class Aggregator:
 
         sums = self._axis_sums()
         if sums is not None:
-            w = sums[0][:, None, None] * sums[1][None, :, None] * sums[2][None, None, :]
-            return torch.from_numpy(w.astype(np.float32)).to(self.device)
+            return torch.from_numpy(_outer3(*sums).astype(np.float32)).to(self.device)
         weight = torch.zeros(self.shape, dtype=torch.float32, device=self.device)
         for start in self._starts:
             clipped = self._clip(start)
@@ -161,12 +162,12 @@ def sliding_window_inference(volume: Volume, predictor: Callable, patch_size, *,
     stitch the result; returns a Volume on ``volume``'s grid (same affine)."""
     import torch
 
-    from medstack.patches.reading import read_patch_into
+    from medstack.patches.reading import numpy_dtype, read_patch_into
 
     starts = grid_positions(volume.spatial_shape, patch_size, overlap)
     data = volume.data  # numpy, torch or lazy HDF5 (each window then reads only its bytes)
     p = tuple(int(v) for v in _size3(patch_size))
-    np_dtype = torch.empty(0, dtype=data.dtype).numpy().dtype if torch.is_tensor(data) else np.dtype(data.dtype)
+    data, np_dtype = numpy_dtype(data)
     agg = None
     with torch.no_grad():
         for i in range(0, len(starts), batch_size):

@@ -41,14 +41,19 @@ def read_patch(data, start, patch_size, pad_value=0.0) -> np.ndarray:
 
     Only the needed bytes are read from lazy (HDF5) data. See :func:`read_patch_into` to fill a given array.
     """
+    p = _size3(patch_size)
+    data, dtype = numpy_dtype(data)
+    return read_patch_into(data, np.empty((data.shape[0], *(int(v) for v in p)), dtype=dtype), start, pad_value)
+
+
+def numpy_dtype(data):
+    """``(data, NumPy dtype)`` for patches of ``data`` (array, lazy array or tensor); a tensor dtype without a
+    NumPy equivalent (bfloat16) comes back as float32, with ``data`` converted."""
     import torch
 
-    p = _size3(patch_size)
-    if torch.is_tensor(data):
-        try:
-            dtype = torch.empty(0, dtype=data.dtype).numpy().dtype
-        except TypeError:  # bfloat16 and other dtypes without a NumPy equivalent
-            data, dtype = data.float(), np.dtype(np.float32)
-    else:
-        dtype = np.dtype(data.dtype)
-    return read_patch_into(data, np.empty((data.shape[0], *(int(v) for v in p)), dtype=dtype), start, pad_value)
+    if not torch.is_tensor(data):
+        return data, np.dtype(data.dtype)
+    try:
+        return data, torch.empty(0, dtype=data.dtype).numpy().dtype
+    except TypeError:
+        return data.float(), np.dtype(np.float32)
