@@ -159,6 +159,21 @@ def make_data(patch: int, n: int):
 # and returns (image, label) as tensors/arrays (C, ...) or (B, C, ...), for the checks.
 
 
+def _breakdown(transforms, samples, extra_args=lambda i: ()):
+    """(transform names, fn(i) -> seconds per transform on sample i): the chain's work, timed step by step;
+    each transform is called as ``t(sample, *extra_args(i))``."""
+
+    def breakdown_call(i):
+        sample, times, args = samples[i % len(samples)], [], extra_args(i)
+        for t in transforms:
+            t0 = time.perf_counter()
+            sample = t(sample, *args)
+            times.append(time.perf_counter() - t0)
+        return times
+
+    return [type(t).__name__ for t in transforms], breakdown_call
+
+
 def build_medstack(samples):
     from medstack import transforms as T
 
@@ -175,18 +190,8 @@ def build_medstack(samples):
         out = chain(samples[i % len(samples)], index=i)
         return out["image"].data, out["label"].data
 
-    def breakdown_call(i):
-        """The same work as ``chain(sample, index=i)``, timed transform by transform."""
-        rng = T.generator_for(chain.seed, 0, i)
-        sample, times = samples[i % len(samples)], []
-        for t in chain.transforms:
-            t0 = time.perf_counter()
-            sample = t(sample, rng)
-            times.append(time.perf_counter() - t0)
-        return times
-
-    names = [type(t).__name__ for t in chain.transforms]
-    return step, 1, (names, breakdown_call)
+    # the same work as ``chain(sample, index=i)``: the transforms share item i's generator
+    return step, 1, _breakdown(chain.transforms, samples, lambda i: (T.generator_for(chain.seed, 0, i),))
 
 
 def build_batched(samples, batch: int, device: str = "cpu"):
@@ -253,18 +258,7 @@ def build_monai(samples, lazy: bool = False):
 
     if lazy:
         return step, 1, None
-    bd_chain = _monai_compose(False)
-
-    def breakdown_call(i):
-        sample, times = data[i % len(data)], []
-        for t in bd_chain.transforms:
-            t0 = time.perf_counter()
-            sample = t(sample)
-            times.append(time.perf_counter() - t0)
-        return times
-
-    names = [type(t).__name__ for t in bd_chain.transforms]
-    return step, 1, (names, breakdown_call)
+    return step, 1, _breakdown(_monai_compose(False).transforms, data)
 
 
 def _torchio_compose():
@@ -297,18 +291,7 @@ def build_torchio(samples):
         out = chain(subjects[next(counter) % len(subjects)])
         return out["image"].data, out["label"].data
 
-    bd_chain = _torchio_compose()
-
-    def breakdown_call(i):
-        sample, times = subjects[i % len(subjects)], []
-        for t in bd_chain.transforms:
-            t0 = time.perf_counter()
-            sample = t(sample)
-            times.append(time.perf_counter() - t0)
-        return times
-
-    names = [type(t).__name__ for t in bd_chain.transforms]
-    return step, 1, (names, breakdown_call)
+    return step, 1, _breakdown(_torchio_compose().transforms, subjects)
 
 
 # -- checks -------------------------------------------------------------------------------------------
