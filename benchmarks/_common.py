@@ -12,6 +12,7 @@ import logging
 import os
 import platform
 import statistics
+import subprocess
 import sys
 import time
 import warnings
@@ -48,6 +49,55 @@ def quiet() -> None:
         sitk.ProcessObject.SetGlobalWarningDisplay(False)
     except Exception:
         pass
+
+
+def others_running(pattern: str) -> list[str]:
+    """Command lines of other processes matching ``pattern`` (other benchmarks; pgrep excludes itself)."""
+    try:
+        res = subprocess.run(["pgrep", "-af", pattern], capture_output=True, text=True)
+    except OSError:  # no pgrep
+        return []
+    return [line for line in res.stdout.splitlines() if line.strip()]
+
+
+def other_cores(seconds: float = 1.0) -> float:
+    """Cores kept busy by other processes over ``seconds`` (this process sleeps meanwhile), from /proc/stat;
+    0.0 where unavailable."""
+
+    def read():
+        with open("/proc/stat") as f:
+            vals = [int(v) for v in f.readline().split()[1:]]
+        return sum(vals), vals[3] + vals[4]  # total, idle + iowait
+
+    try:
+        t0, i0 = read()
+        time.sleep(seconds)
+        t1, i1 = read()
+    except (OSError, ValueError, IndexError):
+        return 0.0
+    return (os.cpu_count() or 1) * (1 - (i1 - i0) / max(t1 - t0, 1))
+
+
+def wait_quiet(pattern: str, max_wait: float, *, max_other_cores: float | None = None, poll: float = 10.0,
+               report: bool = True) -> bool:  # fmt: skip
+    """Wait (at most ``max_wait`` s) until no other benchmark (``pattern``) runs and, when ``max_other_cores``
+    is given, other processes keep fewer cores than that busy. Prints the reason while waiting and, when
+    ``report`` (or after waiting), ``quiet machine: yes/no``. True when quiet."""
+    t0, waited = time.monotonic(), False
+    while True:
+        busy = others_running(pattern)
+        load = other_cores() if max_other_cores is not None else 0.0
+        quiet = not busy and (max_other_cores is None or load < max_other_cores)
+        if quiet or time.monotonic() - t0 >= max_wait:
+            break
+        what = f"{len(busy)} other benchmark(s): {busy[0][:60]}" if busy else f"other processes use {load:.1f} cores"
+        print(f"  waiting for a quiet machine ({what}) ...", flush=True)
+        waited = True
+        time.sleep(poll)
+    if report or waited:
+        detail = f" (other benchmarks: {len(busy)}, other processes: {load:.1f} cores)" if max_other_cores is not None else ""
+        print(f"  quiet machine: {'yes' if quiet else 'no'}{detail}", flush=True)
+    return quiet
 
 
 def parse_shape(text: str) -> tuple[int, int, int]:

@@ -110,27 +110,8 @@ GROWTH = ("ms_threads_uniform", "ms_uniform_w2", "ms_queue_w2")  # re-run on --r
 
 
 # -- machine ------------------------------------------------------------------------------------------
-def others_running() -> list[str]:
-    res = subprocess.run(["pgrep", "-af", OTHERS], capture_output=True, text=True)
-    return [line for line in res.stdout.splitlines() if line.strip()]
-
-
 _WAIT_LEFT = [float("inf")]  # total waiting budget of this run (--max-wait-total)
 IDLE_CORES = 0.5  # "quiet" also needs the rest of the machine to use less than this many cores
-
-
-def others_cpu(seconds: float = 1.0) -> float:
-    """Cores kept busy by other processes over ``seconds`` (this process sleeps meanwhile), from /proc/stat."""
-
-    def read():
-        with open("/proc/stat") as f:
-            vals = [int(v) for v in f.readline().split()[1:]]
-        return sum(vals), vals[3] + vals[4]  # total, idle + iowait
-
-    t0, i0 = read()
-    time.sleep(seconds)
-    t1, i1 = read()
-    return (os.cpu_count() or 1) * (1 - (i1 - i0) / max(t1 - t0, 1))
 
 
 def _cpu_snapshot(pids) -> tuple[float, float]:
@@ -150,22 +131,12 @@ def _cpu_snapshot(pids) -> tuple[float, float]:
     return machine, own / tick
 
 
-def wait_quiet(max_wait: float, poll: float = 10.0) -> bool:
+def wait_quiet(max_wait: float) -> bool:
     """Wait until no other benchmark runs and the other processes use < IDLE_CORES cores (at most ``max_wait``
     s, and within the run's total budget); print and return whether the machine is quiet."""
     t0 = time.monotonic()
-    limit = min(max_wait, _WAIT_LEFT[0])
-    while True:
-        busy, load = others_running(), others_cpu()
-        if (not busy and load < IDLE_CORES) or time.monotonic() - t0 >= limit:
-            break
-        what = f"{len(busy)} benchmarks running: {busy[0][:60]}" if busy else f"other processes use {load:.1f} cores"
-        print(f"  waiting ({what}) ...", flush=True)
-        time.sleep(poll)
+    quiet = C.wait_quiet(OTHERS, min(max_wait, _WAIT_LEFT[0]), max_other_cores=IDLE_CORES)
     _WAIT_LEFT[0] -= time.monotonic() - t0
-    quiet = not busy and load < IDLE_CORES
-    print(f"  quiet machine: {'yes' if quiet else 'no'} (other benchmarks: {len(busy)}, other processes: "
-          f"{load:.1f} cores)", flush=True)  # fmt: skip
     return quiet
 
 

@@ -26,7 +26,7 @@ Timing: one untimed warm-up call per method (its output is used for the correctn
 ``--repeats`` rounds, every method once per round (interleaved); the median is reported. Before each
 timed phase and each round the script waits (up to ``--max-wait``, 15 minutes) until no other benchmark
 runs (``pgrep -f benchmarks/bench_(io|dicom|store|convert)``) and the CPUs are at least ``--min-idle``
-(85%) idle over 2 s, and prints ``quiet machine: yes/no`` (no: it had to time on a busy machine).
+(85%) idle over 1 s, and prints ``quiet machine: yes/no`` (no: it had to time on a busy machine).
 
 Correctness: the maximum and mean absolute difference to SimpleITK in the interior (2 voxels at every
 border excluded). Methods that return an affine (MONAI, TorchIO) are compared in world space: when
@@ -47,7 +47,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
+import os
 import sys
 import time
 from pathlib import Path
@@ -66,48 +66,9 @@ DATA_VERSION = 1
 
 
 # -- machine ------------------------------------------------------------------------------------------
-def others_running() -> list[str]:
-    """Command lines of other benchmark processes (pgrep excludes itself)."""
-    res = subprocess.run(["pgrep", "-af", OTHERS], capture_output=True, text=True)
-    return [line for line in res.stdout.splitlines() if line.strip()]
-
-
-def cpu_idle(seconds: float = 2.0) -> float:
-    """Fraction of CPU time idle over ``seconds`` (all cores; from /proc/stat). NaN where unavailable."""
-
-    def sample():
-        vals = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-        return vals[3] + vals[4], sum(vals)  # idle + iowait, total
-
-    try:
-        i0, t0 = sample()
-        time.sleep(seconds)
-        i1, t1 = sample()
-    except (OSError, ValueError, IndexError):
-        return float("nan")
-    return (i1 - i0) / max(1, t1 - t0)
-
-
-def busy_reason(min_idle: float) -> str:
-    """Why the machine is not quiet ("" when it is): another benchmark, or CPUs busy with something else."""
-    others = others_running()
-    if others:
-        return f"{len(others)} other benchmark process(es), e.g. {others[0][:70]}"
-    idle = cpu_idle()
-    if idle == idle and idle < min_idle:
-        return f"CPU only {idle:.0%} idle (another process is computing)"
-    return ""
-
-
-def wait_quiet(max_wait: float, min_idle: float, poll: float = 10.0) -> bool:
-    """Wait until no other benchmark runs and the CPUs are idle (at most ``max_wait`` s). True when quiet."""
-    t0 = time.monotonic()
-    why = busy_reason(min_idle)
-    while why and time.monotonic() - t0 < max_wait:
-        print(f"  waiting for a quiet machine: {why} ...", flush=True)
-        time.sleep(poll)
-        why = busy_reason(min_idle)
-    return not why
+def wait_quiet(max_wait: float, min_idle: float, *, report: bool = True) -> bool:
+    """Wait until no other benchmark runs and the CPUs are at least ``min_idle`` idle (at most ``max_wait`` s)."""
+    return C.wait_quiet(OTHERS, max_wait, max_other_cores=(1 - min_idle) * (os.cpu_count() or 1), report=report)
 
 
 def mem_available_gb() -> float:
@@ -285,9 +246,7 @@ def run_phase(title: str, vol, *, label: bool, repeats: int, monai_f64: bool, ma
     methods = build_methods(vol, label=label, grid_affine=grid_affine, grid_shape=grid_shape, monai_f64=monai_f64)
     print(f"\n== {title}: {vol.spatial_shape} spacing {tuple(round(s, 3) for s in vol.spacing)} mm -> "
           f"{grid_shape} at {TARGET:g} mm ==", flush=True)  # fmt: skip
-    quiet_start = wait_quiet(max_wait, min_idle)
-    print(f"quiet machine: {'yes' if quiet_start else 'no'}", flush=True)
-    busy_seen = not quiet_start
+    busy_seen = not wait_quiet(max_wait, min_idle)
 
     # warm-up + correctness (untimed); SimpleITK first: it is the reference
     results = {}
@@ -317,7 +276,7 @@ def run_phase(title: str, vol, *, label: bool, repeats: int, monai_f64: bool, ma
     names = [n for n in methods if "error" not in results[n]]
     times = {n: [] for n in names}
     for r in range(repeats):
-        if busy_reason(min_idle) and not wait_quiet(max_wait, min_idle):
+        if not wait_quiet(max_wait, min_idle, report=False):
             busy_seen = True
             print("  (machine still busy: timing anyway)", flush=True)
         for n in names:
@@ -326,7 +285,7 @@ def run_phase(title: str, vol, *, label: bool, repeats: int, monai_f64: bool, ma
             del raw
             gc.collect()
         print(f"  round {r + 1}/{repeats}: " + ", ".join(f"{n} {times[n][-1]:.2f}" for n in names), flush=True)
-    busy_seen = busy_seen or bool(others_running())
+    busy_seen = busy_seen or bool(C.others_running(OTHERS))
     base = C.median(times["medstack"])
     for n in names:
         med = C.median(times[n])
@@ -376,7 +335,7 @@ def main(argv=None) -> int:
         "--min-idle",
         type=float,
         default=0.85,
-        help="quiet machine also means at least this CPU idle fraction over 2 s (default 0.85)",
+        help="quiet machine also means at least this CPU idle fraction over 1 s (default 0.85)",
     )
     ap.add_argument("--json", default="bench_resample.json")
     args = ap.parse_args(argv)

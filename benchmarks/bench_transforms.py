@@ -54,7 +54,6 @@ import contextlib
 import json
 import math
 import os
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -74,22 +73,9 @@ BATCHED = "medstack batched"
 
 
 # -- machine ------------------------------------------------------------------------------------------
-def others_running() -> list[str]:
-    """Command lines of other benchmark processes (pgrep excludes itself)."""
-    res = subprocess.run(["pgrep", "-af", OTHERS], capture_output=True, text=True)
-    return [line for line in res.stdout.splitlines() if line.strip()]
-
-
-def wait_quiet(max_wait: float, poll: float = 10.0) -> bool:
-    """Wait until no other benchmark runs (at most ``max_wait`` s), print and return whether it is quiet."""
-    t0 = time.monotonic()
-    busy = others_running()
-    while busy and time.monotonic() - t0 < max_wait:
-        print(f"  waiting for other benchmarks ({len(busy)} running: {busy[0][:80]}) ...", flush=True)
-        time.sleep(poll)
-        busy = others_running()
-    print(f"  quiet machine: {'no' if busy else 'yes'}", flush=True)
-    return not busy
+def wait_quiet(max_wait: float) -> bool:
+    """Wait until no other benchmark runs (at most ``max_wait`` s); print and return whether it is quiet."""
+    return C.wait_quiet(OTHERS, max_wait)
 
 
 def set_threads() -> None:
