@@ -25,6 +25,7 @@ import numpy as np
 from medstack import geometry
 from medstack.errors import FormatError, MedstackError, ReadError
 from medstack.io._atomic import atomic_output
+from medstack.io._direct import padded_box
 from medstack.volume import Volume
 
 FORMAT = "medstack-volume"
@@ -107,8 +108,6 @@ class H5Array:
         voxels outside the array are ``pad_value``. Uncompressed datasets are read directly (a copy from the
         mapped page cache, or ``preadv``: ``medstack.io._direct``); others through h5py. ``out`` may have another dtype
         (converted on copy). Safe to call from several threads."""
-        from medstack.io._direct import padded_box
-
         if out.shape[0] != self.shape[0] or out.ndim != 4:
             raise MedstackError(f"{self.path}:{self.dataset}: out has shape {out.shape}, expected ({self.shape[0]}, pd, ph, pw)")  # fmt: skip
         inside = padded_box(out, self.shape[1:], start, pad_value)
