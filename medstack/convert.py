@@ -191,7 +191,7 @@ def plan(inputs: Sequence, output, options: ConvertOptions, *, workers: int | No
     index = 0
     for src in sources:
         if src.is_dir() or (src.is_file() and not src.name.lower().endswith(VOLUME_SUFFIXES)):
-            found = dicom.scan(src, workers=workers, on_gap=options.on_gap, tilt=options.tilt)
+            found = dicom.scan(src, workers=workers, on_gap=options.on_gap)
             if options.series:
                 found = [s for s in found if _matches(s, options.series)]
             for info in found:

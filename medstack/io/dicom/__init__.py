@@ -18,7 +18,17 @@ median step; ``"split"`` (in :func:`scan` / :func:`load`) makes each uniform run
 
 ``tilt``: gantry/detector tilt (slices shifted in-plane from one to the next): ``"resample"`` (default,
 like dcm2niix) shifts every slice with bilinear interpolation onto an orthogonal grid; ``"shear"`` keeps
-the voxels untouched and returns a sheared affine (exact, but many tools ignore shear).
+the voxels untouched and returns a sheared affine (exact, but many tools ignore shear). :func:`scan`
+records facts only (positions, orientations, image kinds); the policy is applied by :func:`load_series`,
+which computes the affine for the policy it applies.
+
+Several image kinds in one series (echoes, magnitude / phase / real / imaginary, GE field map + magnitude)
+on the same slices load as named channels (``metadata["channel_names"]``, ``"channels"``), in dcm2niix's
+file order; ``echo=`` and ``image_type=`` select among them. Vendor rules applied at load: GE
+reverse-polarity EPI volumes (``epi_pepolar``) have their rows reversed back (``metadata[
+"phase_encoding_polarity"]`` per channel); Siemens MOSAIC and United Imaging grids are cut into slices
+placed by their recorded positions (or refused); scanner-derived trace/ADC volumes mixed into a DWI
+series are dropped with a finding.
 """
 
 from __future__ import annotations
@@ -37,7 +47,7 @@ from medstack.io.dicom._pixels import invert_monochrome1, read_pixels, resample_
 from medstack.io.dicom._series import Finding, SeriesInfo, build_series
 from medstack.volume import Volume
 
-__all__ = ["DicomWarning", "Finding", "SeriesInfo", "load", "load_series", "scan"]
+__all__ = ["DicomWarning", "Finding", "SeriesInfo", "load", "load_series", "scan", "select_channels"]
 
 logger = logging.getLogger(__name__)
 ON_GAP = ("error", "warn", "resample", "split")
@@ -95,7 +105,6 @@ def scan(
     recursive: bool = True,
     workers: int | None = None,
     on_gap: str = "error",
-    tilt: str = "resample",
     strict: bool = False,
 ) -> list[SeriesInfo]:
     """Find the DICOM series under ``path`` (a folder, one file, or a list of files), reading headers only.
@@ -110,8 +119,6 @@ def scan(
     on_gap : {"error", "warn", "resample", "split"}
         Only ``"split"`` changes the scan (uniform runs become separate series); the others apply when
         loading.
-    tilt : {"resample", "shear"}
-        How the affine of a tilted series is reported (see the module docstring).
     strict : bool
         Raise on an unreadable or truncated DICOM file instead of skipping it with a finding.
 
@@ -120,7 +127,7 @@ def scan(
     list of SeriesInfo
         One per stackable unit, ordered by SeriesNumber. Pixel data are not read.
     """
-    _check_policy(on_gap, tilt)
+    _check_policy(on_gap, "resample")
     files = _list_files(path, recursive)
     where = str(path) if isinstance(path, str | os.PathLike) else f"{len(files)} files"
     candidates = [f for f in files if looks_like_dicom(f)]
@@ -142,9 +149,9 @@ def scan(
                         f"{h.n_frames * h.frame_bytes} bytes)", strict, scan_findings)  # fmt: skip
             continue
         headers.append(h)
-    series = build_series(headers, scan_findings, tilt=tilt)
+    series = build_series(headers, scan_findings)
     if on_gap == "split":
-        series = [part for s in series for part in _split(s, tilt)]
+        series = [part for s in series for part in _split(s)]
     return series
 
 
@@ -161,7 +168,7 @@ def _check_policy(on_gap, tilt):
         raise DicomError(f"tilt must be one of {TILT}, got {tilt!r}")
 
 
-def _split(info: SeriesInfo, tilt: str) -> list[SeriesInfo]:
+def _split(info: SeriesInfo) -> list[SeriesInfo]:
     if info.uniform_spacing or info.shape[1] < 3:
         return [info]
     headers = list(info.headers.values())
@@ -183,7 +190,7 @@ def _split(info: SeriesInfo, tilt: str) -> list[SeriesInfo]:
         keep_ids = {id(m) for m in members}
         subset = [dataclasses.replace(h, frames=[f for f in h.frames if id(f) in keep_ids])
                   for h in headers if any(f.path == h.path for f in members)]  # copies: the input stays intact
-        part = build_series(subset, [], tilt=tilt)
+        part = build_series(subset, [])
         for p in part:
             p.uid = f"{info.uid}#part{n + 1}"
             p.findings = [Finding("split", f"series {info.series_uid} split at a gap/step change: part {n + 1} of "
@@ -200,34 +207,94 @@ def _emit(findings: list[Finding]) -> None:
             logger.info(f.message)
 
 
+def select_channels(info: SeriesInfo, *, echo=None, image_type=None) -> SeriesInfo:
+    """The channels of ``info`` whose echo and image kind match (a new SeriesInfo; ``info`` is unchanged).
+
+    ``echo``: an echo number (1-based, EchoNumbers) or a list of them. ``image_type``: an image kind
+    (``"magnitude"``, ``"phase"``, ``"real"``, ``"imaginary"``, ``"field_map_hz"``), a channel name, or an
+    ImageType value (e.g. ``"DERIVED"``), or a list of those.
+    """
+    if echo is None and image_type is None:
+        return info
+    echoes = None if echo is None else {int(e) for e in (echo if isinstance(echo, list | tuple | set) else [echo])}
+    kinds = None
+    if image_type is not None:
+        kinds = {str(k).lower() for k in (image_type if isinstance(image_type, list | tuple | set) else [image_type])}
+    keep = []
+    for c, ch in enumerate(info.channels):
+        echo_no = ch.get("echo_number")
+        if echo_no is None and echoes is not None:  # echoes told apart by echo time only: number them by TE
+            times = sorted({x["echo_time_ms"] for x in info.channels if x["echo_time_ms"] is not None})
+            echo_no = times.index(ch["echo_time_ms"]) + 1 if ch["echo_time_ms"] in times else None
+        if echoes is not None and echo_no not in echoes:
+            continue
+        names = {ch["image_kind"].lower(), ch["name"].lower(), *(t.lower() for t in ch["image_type"])}
+        if kinds is not None and not (kinds & names):
+            continue
+        keep.append(c)
+    if not keep:
+        have = ", ".join(f"{ch['name']} (echo {ch.get('echo_number')}, {ch['image_kind'] or 'image'})"
+                         for ch in info.channels)  # fmt: skip
+        raise DicomError(f"series {info.uid}: no channel matches echo={echo!r} image_type={image_type!r}; "
+                         f"channels: {have}")  # fmt: skip
+    import dataclasses
+
+    return dataclasses.replace(info, frames=[info.frames[c] for c in keep], channels=[info.channels[c] for c in keep],
+                               shape=(len(keep), *info.shape[1:]))  # fmt: skip
+
+
 def load_series(
-    info: SeriesInfo, *, on_gap: str = "error", tilt: str = "resample", dtype=None, emit: bool = True
+    info: SeriesInfo,
+    *,
+    on_gap: str = "error",
+    tilt: str = "resample",
+    dtype=None,
+    emit: bool = True,
+    echo=None,
+    image_type=None,
 ) -> Volume:
     """Load one :class:`SeriesInfo` found by :func:`scan` into a :class:`Volume` ``(C, D, H, W)``.
 
     Pixel values: RescaleSlope/Intercept applied per slice (see :func:`medstack.io.dicom._pixels.rescale`
-    for the dtype rule; ``dtype`` overrides), 12-bit data masked/sign-extended, MONOCHROME1 inverted.
-    The QA findings are in ``metadata["findings"]`` and emitted as :class:`DicomWarning` / log records.
+    for the dtype rule; ``dtype`` overrides), 12-bit data masked/sign-extended, MONOCHROME1 inverted,
+    GE reverse-polarity rows reversed back. The affine is computed for the ``tilt`` policy applied here.
+    ``echo`` / ``image_type`` select named channels (see :func:`select_channels`). The QA findings are in
+    ``metadata["findings"]`` and emitted as :class:`DicomWarning` / log records; a finding of severity
+    ``"error"`` (an undecodable file) refuses the series with a :class:`~medstack.errors.DicomError`.
     """
     _check_policy(on_gap, tilt)
+    info = select_channels(info, echo=echo, image_type=image_type)
     findings = list(info.findings)
+    errors = [f for f in findings if f.severity == "error"]
+    if errors:
+        raise DicomError(errors[0].message)
     gap_kinds = [f for f in findings if f.kind in ("gap", "nonuniform_step")]
     if gap_kinds and on_gap == "error":
         raise DicomError(f"{gap_kinds[0].message}; pass on_gap='resample', 'warn' or 'split'")
     if gap_kinds and on_gap == "split":
         raise DicomError(f"{gap_kinds[0].message}; scan(..., on_gap='split') lists the uniform parts as series")
     raw = read_pixels(info)
-    raw = _drop_duplicates(info, raw, findings)
+    frames, raw = _drop_duplicates(info, raw, findings)
     raw = invert_monochrome1(raw, info.headers)
-    slopes = np.array([[f.slope for f in vol] for vol in info.frames], dtype=np.float64)
-    inters = np.array([[f.intercept for f in vol] for vol in info.frames], dtype=np.float64)
+    flipped = [(c, d) for c, vol in enumerate(frames) for d, f in enumerate(vol[: raw.shape[1]]) if f.flip_rows]
+    for c, d in flipped:  # GE epi_pepolar: stored with reversed rows under an unchanged header
+        raw[c, d] = raw[c, d, ::-1].copy()
+    slopes = np.array([[f.slope for f in vol] for vol in frames], dtype=np.float64)
+    inters = np.array([[f.intercept for f in vol] for vol in frames], dtype=np.float64)
     slopes, inters = slopes[:, : raw.shape[1]], inters[:, : raw.shape[1]]
     data = rescale(raw, slopes, inters, dtype=None)
-    affine = np.array(info.affine)
+    affine = np.array(info.affine_for(tilt))
     positions = info.positions
-    first = info.frames[0]
-    if info.tilt_deg and tilt == "resample":
-        data = _untilt(data, first, affine)
+    if info.tilt_deg:
+        findings = [Finding(f.kind, f"{f.message}; tilt={tilt!r} applied", f.severity, f.details) if f.kind == "tilt"
+                    else f for f in findings]  # fmt: skip
+        if tilt == "resample":
+            data = _untilt(data, frames[0], affine)
+    if flipped:
+        rev = sorted({c for c, _ in flipped})
+        findings.append(Finding("polarity_reversed", f"series {info.uid}: GE reverse phase-encoding volumes "
+                                f"{rev} were stored with reversed rows (epi_pepolar); flipped back as dcm2niix "
+                                "does", "info", {"channels": rev}))  # fmt: skip
     if gap_kinds and on_gap == "resample":
         step = float(np.median(np.diff(positions)))
         data, positions = resample_positions(data, positions, step)
@@ -237,16 +304,17 @@ def load_series(
         data = data.astype(dtype, copy=False)
     elif data.dtype == np.float64:
         data = data.astype(np.float32)
-    meta = _metadata(info, findings, positions)
+    meta = _metadata(info, frames, findings, positions)
     if emit:
         _emit(findings)
     return Volume(np.ascontiguousarray(data), affine, meta)
 
 
-def _drop_duplicates(info: SeriesInfo, raw: np.ndarray, findings: list[Finding]) -> np.ndarray:
+def _drop_duplicates(info: SeriesInfo, raw: np.ndarray, findings: list[Finding]):
+    """(frames, raw) without channels that only repeat channel 0 at some positions (``info`` is not changed)."""
     lengths = [len(v) for v in info.frames]
     if len(set(lengths)) == 1:
-        return raw
+        return info.frames, raw
     # channels 1.. with missing positions: each extra frame must duplicate channel 0's pixels
     full = lengths[0]
     keep = [0]
@@ -262,8 +330,7 @@ def _drop_duplicates(info: SeriesInfo, raw: np.ndarray, findings: list[Finding])
                                  "acquisition")  # fmt: skip
             findings.append(Finding("duplicate", f"{f.path}: duplicates {info.frames[0][base].path} (same position, "
                                     "identical pixels); dropped", "info", {"file": f.path}))  # fmt: skip
-    info.frames = [info.frames[c] for c in keep]
-    return raw[keep]
+    return [info.frames[c] for c in keep], raw[keep]
 
 
 def _pos(frame, info) -> float:
@@ -288,7 +355,7 @@ def _untilt(data: np.ndarray, first, affine: np.ndarray) -> np.ndarray:
     return shift_slices(data, np.array(shifts), fill)
 
 
-def _metadata(info: SeriesInfo, findings, positions) -> dict:
+def _metadata(info: SeriesInfo, frames, findings, positions) -> dict:
     h0 = next(iter(info.headers.values()))
     meta = {
         "source": os.path.commonpath(info.files) if len(info.files) > 1 else info.files[0],
@@ -308,11 +375,24 @@ def _metadata(info: SeriesInfo, findings, positions) -> dict:
         "tilt_deg": info.tilt_deg,
         "findings": [f.as_dict() for f in findings],
     }
-    if len(info.frames) > 1:
-        bvals = [f.bvalue for f in (vol[0] for vol in info.frames)]
-        if any(b is not None for b in bvals):
+    channels = info.channels if len(info.channels) == len(frames) else []
+    kinds = {(c["image_kind"], c["echo_number"], c["echo_time_ms"], tuple(c["image_type"])) for c in channels}
+    if len(kinds) > 1:  # several image kinds: named channels
+        meta["channel_names"] = [c["name"] for c in channels]
+        meta["channels"] = [dict(c) for c in channels]
+        meta["echo_times_ms"] = [c["echo_time_ms"] for c in channels]
+        meta["image_kinds"] = [c["image_kind"] for c in channels]
+    if len(frames) > 1:
+        bvals = [f.bvalue for f in (vol[0] for vol in frames)]
+        if any(b is not None and b > 0 for b in bvals):  # diffusion: b-values only where some volume has b > 0
             meta["b_values"] = [None if b is None else float(b) for b in bvals]
-        meta["volume_times"] = [info.headers[vol[0].path].acquisition_time for vol in info.frames]
+            grads = [vol[0].gradient for vol in frames]
+            if any(g is not None for g in grads):
+                meta["gradients"] = [None if g is None else [float(x) for x in g] for g in grads]
+        meta["volume_times"] = [info.headers[vol[0].path].acquisition_time for vol in frames]
+    polarity = [info.headers[vol[0].path].polarity for vol in frames]
+    if any(p is not None for p in polarity):
+        meta["phase_encoding_polarity"] = polarity
     if h0.echo_time is not None:
         meta["echo_time_ms"] = h0.echo_time
     return meta
@@ -348,8 +428,12 @@ def select(series: Sequence[SeriesInfo], choice=None, *, where: str = "") -> Ser
 
 
 def _listing(series) -> str:
+    def kinds(s):
+        names = sorted({c["name"] for c in s.channels if c["name"]} - {"image"})
+        return f" channels={names}" if names else ""
+
     return "\n".join(
-        f"  #{s.series_number} {s.description!r} {s.modality} shape={s.shape} uid={s.uid}" for s in series
+        f"  #{s.series_number} {s.description!r} {s.modality} shape={s.shape}{kinds(s)} uid={s.uid}" for s in series
     )
 
 
@@ -363,11 +447,26 @@ def load(
     strict: bool = False,
     workers: int | None = None,
     recursive: bool = True,
+    echo=None,
+    image_type=None,
 ) -> Volume:
-    """Scan ``path`` (folder, file or list of files) and load one series (see :func:`select` for ``series``)."""
-    found = scan(path, recursive=recursive, workers=workers, on_gap=on_gap, tilt=tilt, strict=strict)
+    """Scan ``path`` (folder, file or list of files) and load one series (see :func:`select` for ``series``).
+
+    ``echo`` / ``image_type`` select named channels (see :func:`select_channels`); when the image kinds of a
+    series could not be joined (different slices), they also pick the one series that holds them.
+    """
+    found = scan(path, recursive=recursive, workers=workers, on_gap=on_gap, strict=strict)
     where = str(path) if isinstance(path, str | os.PathLike) else "given files"
+    if (echo is not None or image_type is not None) and series is None and len(found) > 1:
+        matching = []
+        for s in found:
+            try:
+                select_channels(s, echo=echo, image_type=image_type)
+            except DicomError:
+                continue
+            matching.append(s)
+        found = matching or found
     info = select(found, series, where=where)
-    return load_series(info, on_gap=on_gap, tilt=tilt, dtype=dtype)
+    return load_series(info, on_gap=on_gap, tilt=tilt, dtype=dtype, echo=echo, image_type=image_type)
 
 

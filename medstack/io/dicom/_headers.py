@@ -11,11 +11,21 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
-import warnings
 from pathlib import Path
 from typing import ClassVar
 
 import numpy as np
+
+from medstack.io.dicom._vendors import (
+    PRIVATE_TAGS,
+    ge_polarity,
+    image_component,
+    is_derived_diffusion,
+    mosaic_facts,
+    private_number,
+    private_value,
+    uih_grid,
+)
 
 NATIVE_SYNTAXES = {
     "1.2.840.10008.1.2": ("<", False),  # implicit VR little endian
@@ -36,8 +46,9 @@ HEADER_TAGS = [
     "PhotometricInterpretation", "SamplesPerPixel", "NumberOfFrames", "GantryDetectorTilt",
     "DiffusionBValue", "DiffusionGradientOrientation", "PerFrameFunctionalGroupsSequence",
     "SharedFunctionalGroupsSequence", "PatientPosition", "WindowCenter", "WindowWidth",
+    "DiffusionDirectionality", "ComplexImageComponent", "ImagesInAcquisition", "NumberOfSlices",
     (0x0019, 0x0010), (0x0019, 0x100A), (0x0019, 0x100C), (0x0043, 0x0010), (0x0043, 0x1039),
-    (0x0029, 0x0010), (0x0029, 0x0011), (0x0029, 0x1010),
+    (0x0029, 0x0010), (0x0029, 0x0011), (0x0029, 0x1010), *PRIVATE_TAGS,
 ]  # fmt: skip
 
 _TAG_CACHE: list | None = None
@@ -134,6 +145,9 @@ class Frame:
     intercept: float
     temporal: tuple  # keys that order the volumes of a 4D set at one position
     bvalue: float | None = None
+    kind: tuple = ()  # what image this is: (component, echo number, echo time ms, derived); see image_kind
+    flip_rows: bool = False  # stored with its rows reversed (GE reverse-polarity EPI): reversed back at load
+    gradient: np.ndarray | None = None  # diffusion gradient direction (as the scanner wrote it)
 
 
 @dataclasses.dataclass
@@ -172,7 +186,11 @@ class FileHeader:
     acquisition_time: str
     gantry_tilt: float
     thickness: float  # SpacingBetweenSlices, else SliceThickness (used only for single-slice series)
-    mosaic: int  # number of tiles in a MOSAIC, 0 otherwise
+    mosaic: int  # number of tiles in a MOSAIC or grid, 0 otherwise
+    sop_class_uid: str = ""
+    frame_of_reference_uid: str = ""
+    problem: str | None = None  # why this file cannot be decoded safely (the series is then refused at load)
+    polarity: str | None = None  # GE epi_pepolar phase-encoding polarity: "reversed" / "forward"
     frames: list[Frame] = dataclasses.field(default_factory=list)
 
     @property
@@ -236,31 +254,6 @@ def _pixel_element_position(fh, ds, path: str):
     return start, length, True
 
 
-def _csa_mosaic(ds) -> tuple[int, np.ndarray | None]:
-    """Siemens MOSAIC: (number of tiles, slice normal LPS) from the private tags / CSA header."""
-    image_type = [str(v).upper() for v in ds.get("ImageType", [])]
-    if "MOSAIC" not in image_type:
-        return 0, None
-    n = None
-    normal = None
-    tag = ds.get((0x0019, 0x100A))
-    if tag is not None:
-        n = _num(tag.value, cast=int)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # nibabel.nicom warns on import that it is experimental
-            from nibabel.nicom import csareader
-
-        csa = csareader.get_csa_header(ds, "image")
-        if csa is not None:
-            n = n or _num(csareader.get_n_mosaic(csa), cast=int)
-            sn = csareader.get_slice_normal(csa)
-            normal = None if sn is None else np.asarray(sn, dtype=np.float64)
-    except Exception:  # a damaged CSA header: fall back to the IOP normal
-        pass
-    return int(n or 0), normal
-
-
 def _temporal_key(ds, frame_content=None) -> tuple:
     """Keys ordering the volumes of a 4D set at one slice position (smaller first)."""
     tpi = None
@@ -281,20 +274,42 @@ def _temporal_key(ds, frame_content=None) -> tuple:
     )
 
 
-def _bvalue(ds) -> float | None:
-    v = _Raw(ds).num("DiffusionBValue")
-    if v is not None:
+def _bvalue(ds, manufacturer: str = "") -> float | None:
+    """b-value (s/mm2): the standard DiffusionBValue (0018,9087, FD), else GE / Siemens / UIH private tags."""
+    try:
+        v = ds.get("DiffusionBValue")  # FD: a binary double, decoded by pydicom (never as text)
+        v = None if v is None else float(v[0] if isinstance(v, list | tuple) or type(v).__name__ == "MultiValue"
+                                          else v)  # fmt: skip
+    except (TypeError, ValueError, IndexError):
+        v = None
+    if v is not None and math.isfinite(v):
         return v
     ge = ds.get((0x0043, 0x1039))
     if ge is not None:
         try:
-            return float(ge.value[0]) % 1e9 if not isinstance(ge.value, str) else float(str(ge.value).split("\\")[0])
+            return float(ge.value[0]) % 1e9 if not isinstance(ge.value, str | bytes) else float(
+                (ge.value.decode("latin-1") if isinstance(ge.value, bytes) else ge.value).split("\\")[0]) % 1e9
         except (TypeError, ValueError, IndexError):
             return None
     siemens = ds.get((0x0019, 0x100C))
     if siemens is not None:
-        return _num(siemens.value)
+        return _num(private_value(ds, (0x0019, 0x100C)))
+    if manufacturer.upper().startswith("UIH") or str(private_value(ds, (0x0065, 0x0010)) or "") == "Image Private Header":
+        return private_number(ds, (0x0065, 0x1009))
     return None
+
+
+def _gradient(ds) -> np.ndarray | None:
+    g = _vec(ds.get("DiffusionGradientOrientation"), 3)
+    if g is None and str(private_value(ds, (0x0065, 0x0010)) or "") == "Image Private Header":
+        v = private_value(ds, (0x0065, 0x1037))
+        g = _vec(None if v is None or isinstance(v, str) else list(v), 3)
+    return g
+
+
+def image_kind(component, echo_number, echo_time, derived) -> tuple:
+    """The kind of a frame: frames of one series with different kinds become named channels."""
+    return (component or "", echo_number, None if echo_time is None else round(float(echo_time), 3), derived or "")
 
 
 def parse_file(path: str, file_index: int = 0) -> FileHeader:
@@ -314,11 +329,26 @@ def parse_file(path: str, file_index: int = 0) -> FileHeader:
     cols = r.us("Columns", 0)
     n_frames = r.num("NumberOfFrames", 1, int) or 1
     image_type = tuple(v.upper() for v in r.strs("ImageType"))
-    mosaic, csa_normal = _csa_mosaic(ds) if "MOSAIC" in image_type else (0, None)
+    manufacturer = r.str("Manufacturer")
+    ps = r.vec("PixelSpacing", 2)
+    if ps is None:
+        ps = r.vec("ImagerPixelSpacing", 2)
+    tiles = None  # MosaicFacts / GridFacts: several slices tiled in one image
+    problem = None
+    mosaic = 0
     tile_rows, tile_cols = rows, cols
-    if mosaic > 1:
-        grid = math.ceil(math.sqrt(mosaic))
-        tile_rows, tile_cols = rows // grid, cols // grid
+    if "MOSAIC" in image_type and n_frames == 1:
+        tiles = mosaic_facts(ds, path, rows, cols, r.vec("ImagePositionPatient", 3), r.vec("ImageOrientationPatient", 6), ps)
+        problem = tiles.problem
+        if tiles.n_tiles > 1 and not problem:
+            grid = math.ceil(math.sqrt(tiles.n_tiles))
+            mosaic, tile_rows, tile_cols = tiles.n_tiles, rows // grid, cols // grid
+    elif n_frames == 1:
+        tiles = uih_grid(ds, path, rows, cols)
+        if tiles is not None:
+            problem = tiles.problem
+            if not problem:
+                mosaic, tile_rows, tile_cols = len(tiles.positions), tiles.tile_rows, tiles.tile_cols
     bits_allocated = r.us("BitsAllocated", 16)
     header = FileHeader(
         path=path,
@@ -328,7 +358,7 @@ def parse_file(path: str, file_index: int = 0) -> FileHeader:
         series_number=r.num("SeriesNumber", None, int),
         description=r.str("SeriesDescription") or r.str("ProtocolName"),
         modality=r.str("Modality"),
-        manufacturer=r.str("Manufacturer"),
+        manufacturer=manufacturer,
         image_type=image_type,
         rows=rows,
         cols=cols,
@@ -354,34 +384,47 @@ def parse_file(path: str, file_index: int = 0) -> FileHeader:
         gantry_tilt=r.num("GantryDetectorTilt", 0.0) or 0.0,
         thickness=r.num("SpacingBetweenSlices") or r.num("SliceThickness") or 1.0,
         mosaic=mosaic if mosaic > 1 else 0,
+        sop_class_uid=r.str("SOPClassUID"),
+        frame_of_reference_uid=r.str("FrameOfReferenceUID"),
+        problem=problem,
     )
-    header.frames = _frames(ds, header, file_index, csa_normal)
+    header.frames = _frames(ds, header, file_index, tiles if mosaic else None, ps)
     return header
 
 
-def _frames(ds, h: FileHeader, file_index: int, csa_normal) -> list[Frame]:
+def _frames(ds, h: FileHeader, file_index: int, tiles, ps) -> list[Frame]:
     r = _Raw(ds)
     slope = r.num("RescaleSlope", 1.0)
     inter = r.num("RescaleIntercept", 0.0)
-    ps = r.vec("PixelSpacing", 2)
-    if ps is None:
-        ps = r.vec("ImagerPixelSpacing", 2)
     ipp = r.vec("ImagePositionPatient", 3)
     iop = r.vec("ImageOrientationPatient", 6)
-    bval = _bvalue(ds)
+    bval = _bvalue(ds, h.manufacturer)
+    gradient = _gradient(ds)
     per_frame = ds.get("PerFrameFunctionalGroupsSequence") if h.n_frames > 1 else None
     if per_frame is not None and len(per_frame) > 0:
         shared = ds.get("SharedFunctionalGroupsSequence")
         shared = shared[0] if shared else None
         return [_enhanced_frame(ds, h, file_index, i, item, shared) for i, item in enumerate(per_frame)]
     temporal = _temporal_key(ds)
-    if h.mosaic:
-        return _mosaic_frames(ds, h, file_index, ipp, iop, ps, slope, inter, temporal, csa_normal, bval)
+    polarity = ge_polarity(ds, temporal[0] or None) if h.manufacturer.upper().startswith("GE") else None
+    if polarity == "unknown":
+        h.problem = h.problem or (f"{h.path}: GE epi_pepolar image (0019,109C) whose reverse-polarity volumes "
+                                  "alternate ((0019,10B3) = 2 or 3) but without TemporalPositionIdentifier "
+                                  "(0020,0100): which rows are reversed is unknown")  # fmt: skip
+    h.polarity = polarity if polarity in ("reversed", "forward") else None
+    derived = is_derived_diffusion(ds, h.image_type, h.manufacturer, bval, gradient)
+    component = image_component(ds, h.image_type, h.manufacturer)
+    kind = image_kind(component, h.echo_number, h.echo_time, derived)
+    flip = polarity == "reversed"
+    spacing = None if ps is None else (ps[0], ps[1])
+    if tiles is not None:
+        positions = tiles.positions or [None] * h.mosaic
+        return [Frame(h.path, file_index, 0, t, positions[t], iop, spacing, slope, inter, temporal, bval, kind, flip,
+                      gradient) for t in range(h.mosaic)]  # fmt: skip
     return [
-        Frame(h.path, file_index, i, -1, ipp, iop, None if ps is None else (ps[0], ps[1]), slope, inter,
-              (*temporal, i), bval)
+        Frame(h.path, file_index, i, -1, ipp, iop, spacing, slope, inter, (*temporal, i), bval, kind, flip, gradient)
         for i in range(h.n_frames)
-    ]  # fmt: skip
+    ]
 
 
 def _group_attr(item, shared, seq_name, attr):
@@ -409,33 +452,21 @@ def _enhanced_frame(ds, h, file_index, i, item, shared) -> Frame:
     content = item.get("FrameContentSequence")
     content = content[0] if content else None
     bval = _num(_group_attr(item, shared, "MRDiffusionSequence", "DiffusionBValue"), None)
+    frame_type = _group_attr(item, shared, "MRImageFrameTypeSequence", "FrameType")
+    frame_type = tuple(str(v).upper() for v in frame_type) if frame_type else ()
+    component = _group_attr(item, shared, "MRImageFrameTypeSequence", "ComplexImageComponent")
+    echo_time = _num(_group_attr(item, shared, "MREchoSequence", "EffectiveEchoTime"), None)
+    directionality = _group_attr(item, shared, "MRDiffusionSequence", "DiffusionDirectionality")
+    gradient = None
+    seq = _group_attr(item, shared, "MRDiffusionSequence", "DiffusionGradientDirectionSequence")
+    if seq:
+        gradient = _vec(seq[0].get("DiffusionGradientOrientation"), 3)
+    derived = "trace" if str(directionality or "").upper() == "ISOTROPIC" else None
+    derived = derived or is_derived_diffusion(None, frame_type, h.manufacturer, bval, gradient)
+    kind = image_kind(image_component(ds, h.image_type, h.manufacturer, frame_type, str(component or "")), None,
+                      echo_time, derived)  # fmt: skip
     return Frame(h.path, file_index, i, -1, ipp, iop, None if ps is None else (ps[0], ps[1]), slope, inter,
-                 (*_temporal_key(ds, content), i), bval)  # fmt: skip
-
-
-def _mosaic_frames(ds, h, file_index, ipp, iop, ps, slope, inter, temporal, csa_normal, bval) -> list[Frame]:
-    """Tiles of a Siemens MOSAIC with their true positions (as nibabel and dcm2niix compute them).
-
-    The file's ImagePositionPatient is that of the top-left pixel of the whole mosaic read as one image;
-    the first tile's position is shifted by half the mosaic-minus-tile size along rows and columns.
-    Tile ``t`` then lies ``t * SpacingBetweenSlices`` along the CSA slice normal.
-    """
-    frames = []
-    if ipp is None or iop is None or ps is None:
-        ipp_0 = None
-        normal = None
-    else:
-        row_dir, col_dir = iop[:3], iop[3:]
-        shift = col_dir * ps[0] * (h.rows - h.tile_rows) / 2.0 + row_dir * ps[1] * (h.cols - h.tile_cols) / 2.0
-        ipp_0 = ipp + shift
-        normal = csa_normal if csa_normal is not None else np.cross(row_dir, col_dir)
-        normal = normal / np.linalg.norm(normal)
-    step = _num(ds.get("SpacingBetweenSlices")) or _num(ds.get("SliceThickness")) or 1.0
-    for t in range(h.mosaic):
-        pos = None if ipp_0 is None else ipp_0 + t * step * normal
-        frames.append(Frame(h.path, file_index, 0, t, pos, iop, None if ps is None else (ps[0], ps[1]),
-                            slope, inter, temporal, bval))  # fmt: skip
-    return frames
+                 (*_temporal_key(ds, content), i), bval, kind, False, gradient)  # fmt: skip
 
 
 SKIP_SUFFIXES = {

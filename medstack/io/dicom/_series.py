@@ -3,8 +3,13 @@
 Rules (the documented contract):
 
 - Files are grouped by SeriesInstanceUID, then into units by geometry (ImageOrientationPatient,
-  Rows/Columns), ImageType and EchoNumbers, so that each unit is one 3D volume or one 4D set
-  (time points / diffusion directions at the same positions, stacked on C).
+  Rows/Columns) and localizer flag. Inside a unit, frames are split by their *kind*: ImageType, complex
+  component (magnitude / phase / real / imaginary, also from GE's (0043,102F) and enhanced
+  ComplexImageComponent), field map in Hz, echo (EchoNumbers / echo time) and scanner-derived diffusion
+  images (trace / ADC). Kinds that cover the same slice positions with the same number of volumes become
+  *named channels* of one volume (``channels``), ordered like dcm2niix's files (echo, then magnitude,
+  phase, real, imaginary, field map); derived diffusion volumes mixed into a DWI series are dropped with a
+  finding (as dcm2niix does). Kinds on other positions stay separate units.
 - Slices are ordered by the projection of ImagePositionPatient on the slice normal
   (row direction x column direction), never by file name or InstanceNumber when geometry exists.
 - The slice step is measured from the positions (not SliceThickness). Steps that differ from the
@@ -34,8 +39,10 @@ class Finding:
 
     ``kind`` is one of: ``gap``, ``nonuniform_step``, ``tilt``, ``duplicate``, ``localizer_removed``,
     ``other_orientation_removed``, ``instance_number_order``, ``no_geometry``, ``unreadable_file``,
-    ``no_pixel_data``, ``inconsistent_volumes``. ``severity`` is ``"info"`` (logged) or ``"warning"``
-    (also a Python warning when the series is loaded).
+    ``no_pixel_data``, ``inconsistent_volumes``, ``derived_removed``, ``named_channels``,
+    ``undecodable``. ``severity`` is ``"info"`` (logged), ``"warning"`` (also a Python warning when the
+    series is loaded) or ``"error"`` (the series cannot be loaded safely: :func:`load_series` refuses it
+    with this message).
     """
 
     kind: str
@@ -63,11 +70,17 @@ class SeriesInfo:
         Structured QA results (gaps, tilt, duplicates, removed localizers, ...).
     frames : list of list of Frame
         ``frames[c][d]``: the ordered plan of which 2D frame goes where.
+    channels : list of dict
+        One entry per channel ``c``: ``name``, ``image_kind`` (magnitude, phase, real, imaginary,
+        field_map_hz or ""), ``echo_number``, ``echo_time_ms``, ``image_type`` and ``volume`` (index among
+        the volumes of that kind). Facts only: the scan records them, :func:`load_series` selects.
+    shear_affine : np.ndarray or None
+        For a tilted series: the exact sheared affine of the stored voxels (used by ``tilt="shear"``).
     """
 
     uid: str
     shape: tuple[int, int, int, int]
-    affine: np.ndarray  # RAS, orthogonal (or sheared for tilt="shear"), before gap handling
+    affine: np.ndarray  # RAS, orthogonal (the voxel grid after tilt="resample"), before gap handling
     positions: np.ndarray  # (D,) slice positions along the normal (mm), ordered
     uniform_spacing: bool
     tilt_deg: float
@@ -75,6 +88,18 @@ class SeriesInfo:
     frames: list[list[Frame]]
     headers: dict[str, FileHeader]
     is_localizer: bool = False
+    channels: list[dict] = dataclasses.field(default_factory=list)
+    shear_affine: np.ndarray | None = None  # tilted series: the exact sheared affine of the stored voxels
+
+    def affine_for(self, tilt: str = "resample") -> np.ndarray:
+        """The affine of the voxels :func:`load_series` returns under a tilt policy (facts -> geometry)."""
+        if tilt == "shear" and self.shear_affine is not None:
+            return self.shear_affine
+        return self.affine
+
+    @property
+    def channel_names(self) -> list[str]:
+        return [c["name"] for c in self.channels]
 
     # series-level tags come from the files' headers (one source of truth)
     @property
@@ -127,6 +152,7 @@ class SeriesInfo:
             "uniform_spacing": self.uniform_spacing,
             "tilt_deg": round(self.tilt_deg, 3),
             "is_localizer": self.is_localizer,
+            "channel_names": self.channel_names,
             "findings": [f.as_dict() for f in self.findings],
         }
 
@@ -144,13 +170,13 @@ def _is_localizer(h: FileHeader) -> bool:
 
 
 def _unit_key(h: FileHeader, f: Frame) -> tuple:
+    """(geometry, kind): frames of one geometry and one kind form a unit; kinds may merge into channels."""
     iop = None if f.iop is None else tuple(np.round(f.iop, 3))
-    # magnitude / phase / real / imaginary reconstructions are separate units (as dcm2niix writes them)
     itype = tuple(t for t in h.image_type if t not in ("MOSAIC",))
-    return (iop, h.tile_rows, h.tile_cols, itype, h.echo_number)
+    return (iop, h.tile_rows, h.tile_cols, _is_localizer(h)), (itype, *f.kind)
 
 
-def build_series(headers: list[FileHeader], scan_findings: list[Finding], *, tilt: str = "resample") -> list[SeriesInfo]:
+def build_series(headers: list[FileHeader], scan_findings: list[Finding]) -> list[SeriesInfo]:
     """Group pass-1 headers into :class:`SeriesInfo` units (see module docstring for the rules)."""
     # SeriesNumber too: some exports reuse one SeriesInstanceUID for several series (dcm2niix splits them)
     by_series: dict[tuple, list[FileHeader]] = defaultdict(list)
@@ -174,8 +200,8 @@ def build_series(headers: list[FileHeader], scan_findings: list[Finding], *, til
             for f in h.frames:
                 units[_unit_key(h, f)].append((h, f))
         # the main units: not localizers, several slices; small/odd units are reported on the main ones
-        ranked = sorted(units.items(), key=lambda kv: (_is_localizer(kv[1][0][0]), -len(kv[1])))
-        main = [kv for kv in ranked if not _is_localizer(kv[1][0][0]) and len(kv[1]) > 1]
+        ranked = sorted(units.items(), key=lambda kv: (kv[0][0][3], -len(kv[1])))
+        main = [kv for kv in ranked if not kv[0][0][3] and len(kv[1]) > 1]
         if not main:
             main = ranked[:1] if len(ranked) == 1 else [kv for kv in ranked if len(kv[1]) > 1] or ranked
         removed = [kv for kv in ranked if kv not in main]
@@ -186,12 +212,117 @@ def build_series(headers: list[FileHeader], scan_findings: list[Finding], *, til
             removed_findings.append(Finding(kind, f"{len(members)} frame(s) of series {series_uid} with another "
                                             f"orientation/size/type ({', '.join(h0.image_type)}) are excluded",
                                             "info", {"files": sorted({m[0].path for m in members})}))  # fmt: skip
-        for n, (_key, members) in enumerate(main):
-            uid = base_uid if len(main) == 1 else f"{base_uid}#{n + 1}"
-            info = _build_unit(uid, series_uid, members, findings + removed_findings, tilt=tilt)
-            out.append(info)
+        by_geometry: dict[tuple, list] = defaultdict(list)
+        for (geo, kind), members in main:
+            by_geometry[geo].append((kind, members))
+        infos = []
+        for group in by_geometry.values():
+            group.sort(key=lambda km: _kind_order(km[0]))
+            built = [(kind, _build_unit(base_uid, series_uid, members, findings + removed_findings))
+                     for kind, members in group]  # fmt: skip
+            infos.extend(_merge_kinds(built, series_uid))
+        for n, info in enumerate(infos):
+            info.uid = base_uid if len(infos) == 1 else f"{base_uid}#{n + 1}"
+        out.extend(infos)
     out.sort(key=lambda s: (s.series_number if s.series_number is not None else 1 << 30, s.uid))
     return out
+
+
+_COMPONENT_RANK = {"magnitude": 0, "": 0, "phase": 1, "real": 2, "imaginary": 3, "field_map_hz": 4}
+
+
+def _kind_order(kind: tuple):
+    itype, component, echo_number, echo_time, derived = kind
+    return (bool(derived), echo_number if echo_number is not None else 0, echo_time if echo_time is not None else 0.0,
+            _COMPONENT_RANK.get(component, 5), itype)  # fmt: skip
+
+
+def _kind_labels(kinds: list[tuple]) -> list[str]:
+    """Short names for kinds, from what differs between them: component, echo, derived image, ImageType."""
+    itypes, comps, echos, times, derived = (list(x) for x in zip(*kinds))
+    labels = [[] for _ in kinds]
+    if len(set(comps)) > 1 or any(comps):
+        for lab, c in zip(labels, comps):
+            lab.append(c or "image")
+    if len(set(zip(echos, times))) > 1:
+        keys = sorted(set(zip(echos, times)), key=lambda e: (e[0] if e[0] is not None else 0, e[1] or 0.0))
+        for lab, e in zip(labels, zip(echos, times)):
+            lab.append(f"e{e[0] if e[0] is not None else keys.index(e) + 1}")
+    for lab, d in zip(labels, derived):
+        if d:
+            lab.append(d)
+    if len(set(map(tuple, labels))) < len(kinds):  # only the ImageType differs: name by its differing values
+        common = set.intersection(*(set(t) for t in itypes))
+        for lab, t in zip(labels, itypes):
+            lab.append("_".join(v.lower() for v in t if v not in common) or "image")
+    return ["_".join(lab) or "image" for lab in labels]
+
+
+def _same_positions(a: SeriesInfo, b: SeriesInfo) -> bool:
+    return (a.shape[1:] == b.shape[1:] and len(a.positions) == len(b.positions)
+            and bool(np.allclose(a.positions, b.positions, atol=POSITION_TOL_MM * 10))
+            and bool(np.allclose(a.affine, b.affine, atol=1e-3))
+            and all(len(v) == a.shape[1] for v in a.frames + b.frames))  # fmt: skip
+
+
+def _merge_kinds(built: list[tuple[tuple, SeriesInfo]], series_uid: str) -> list[SeriesInfo]:
+    """Kinds on the same slice positions become named channels of one unit; the rest stay separate units."""
+    labels = _kind_labels([k for k, _ in built])
+    for (kind, info), label in zip(built, labels):
+        n_vol = len(info.frames)
+        info.channels = [_channel(kind, info, label if n_vol == 1 else f"{label}[{t}]", t) for t in range(n_vol)]
+    if len(built) == 1:
+        return [built[0][1]]
+    base = [(k, i) for k, i in built if not k[4]]
+    derived = [(k, i) for k, i in built if k[4]]
+    kept_derived = []
+    if base and sum(len(i.frames) for _, i in base) >= 2:
+        for kind, info in derived:
+            if _same_positions(base[0][1], info):
+                files = sorted(set(info.files))
+                base[0][1].findings.append(Finding(
+                    "derived_removed", f"series {series_uid}: {len(info.frames)} scanner-derived {kind[4]} "
+                    f"volume(s) mixed into the diffusion series are dropped (not acquired data; as dcm2niix)",
+                    "info", {"files": files}))  # fmt: skip
+            else:
+                kept_derived.append((kind, info))
+    else:
+        kept_derived = derived
+    groups: list[list[SeriesInfo]] = []
+    for _, info in base + kept_derived:
+        for g in groups:
+            if _same_positions(g[0], info):
+                g.append(info)
+                break
+        else:
+            groups.append([info])
+    return [_join(g, series_uid) if len(g) > 1 else g[0] for g in groups]
+
+
+def _channel(kind, info, name, t) -> dict:
+    itype, component, echo_number, echo_time, derived = kind
+    h = info.headers[info.frames[t][0].path]
+    return {"name": name, "image_kind": component or (derived or ""), "echo_number": echo_number,
+            "echo_time_ms": echo_time if echo_time is not None else h.echo_time, "image_type": list(itype),
+            "volume": t}  # fmt: skip
+
+
+def _join(infos: list[SeriesInfo], series_uid: str) -> SeriesInfo:
+    first = infos[0]
+    findings, seen = [], set()
+    for info in infos:
+        for f in info.findings:
+            if f.message not in seen:
+                seen.add(f.message)
+                findings.append(f)
+    channels = [c for info in infos for c in info.channels]
+    names = [c["name"] for c in channels]
+    findings.append(Finding("named_channels", f"series {series_uid}: {len(infos)} image kinds on the same slices "
+                            f"loaded as named channels {names} (select with echo= / image_type=)", "info"))  # fmt: skip
+    return dataclasses.replace(
+        first, shape=(len(channels), *first.shape[1:]), frames=[v for info in infos for v in info.frames],
+        headers={p: h for info in infos for p, h in info.headers.items()}, findings=findings, channels=channels,
+    )  # fmt: skip
 
 
 def _cluster_positions(s: np.ndarray) -> list[list[int]]:
@@ -207,7 +338,7 @@ def _cluster_positions(s: np.ndarray) -> list[list[int]]:
     return groups
 
 
-def _build_unit(uid, series_uid, members, findings, *, tilt) -> SeriesInfo:
+def _build_unit(uid, series_uid, members, findings) -> SeriesInfo:
     h0 = members[0][0]
     frames = [f for _, f in members]
     headers = {h.path: h for h, _ in members}
@@ -241,8 +372,11 @@ def _build_unit(uid, series_uid, members, findings, *, tilt) -> SeriesInfo:
     else:
         plan = [[frames[g[0]] for g in per_pos]] + [[frames[g[c]] for g in per_pos if len(g) > c] for c in range(1, n_vol)]
     positions = np.array([s[g[0]] for g in groups])
-    affine, uniform, tilt_deg, geo_findings = _geometry(plan[0], positions, series_uid, has_geometry, tilt,
-                                                        h0.thickness)
+    affine, shear, uniform, tilt_deg, geo_findings = _geometry(plan[0], positions, series_uid, has_geometry,
+                                                               h0.thickness)  # fmt: skip
+    problems = sorted({h.problem for h in headers.values() if h.problem})
+    for p in problems[:3]:
+        findings.append(Finding("undecodable", p + f" ({len(problems)} file(s) in series {series_uid})", "error"))
     findings.extend(geo_findings)
     if has_geometry:
         inst = [headers[f.path].instance_number for f in plan[0]]
@@ -254,18 +388,19 @@ def _build_unit(uid, series_uid, members, findings, *, tilt) -> SeriesInfo:
     shape = (n_vol, len(groups), h0.tile_rows, h0.tile_cols)
     return SeriesInfo(
         uid=uid, shape=shape, affine=affine, positions=positions, uniform_spacing=uniform, tilt_deg=tilt_deg,
-        findings=findings, frames=plan, headers=headers, is_localizer=_is_localizer(h0),
+        findings=findings, frames=plan, headers=headers, is_localizer=_is_localizer(h0), shear_affine=shear,
     )  # fmt: skip
 
 
-def _geometry(first_vol: list[Frame], positions, series_uid, has_geometry, tilt, thickness=1.0):
-    """Affine (RAS) of the ordered slices, plus uniformity, tilt angle and findings."""
+def _geometry(first_vol: list[Frame], positions, series_uid, has_geometry, thickness=1.0):
+    """Orthogonal affine (RAS) of the ordered slices, the sheared one when tilted (else None), uniformity,
+    tilt angle and findings. Facts only: which affine is used is the load's tilt policy."""
     findings: list[Finding] = []
     f0 = first_vol[0]
     ps = f0.pixel_spacing or (1.0, 1.0)
     if not has_geometry:
         lps = np.diag([ps[1], ps[0], thickness, 1.0])
-        return geometry.lps_to_ras(lps), True, 0.0, findings
+        return geometry.lps_to_ras(lps), None, True, 0.0, findings
     row_dir, col_dir = f0.iop[:3], f0.iop[3:]
     normal = np.cross(row_dir, col_dir)
     normal /= np.linalg.norm(normal)
@@ -297,12 +432,10 @@ def _geometry(first_vol: list[Frame], positions, series_uid, has_geometry, tilt,
         if drift_mm > TILT_TOL_MM and abs(along) > 0:
             tilt_deg = float(np.degrees(np.arctan2(drift_mm, abs(along) / (n - 1))))
             findings.append(Finding("tilt", f"series {series_uid}: slices are sheared by {tilt_deg:.2f} degrees "
-                                    f"(gantry/detector tilt); tilt={tilt!r}", "warning",
-                                    {"tilt_deg": tilt_deg, "policy": tilt}))  # fmt: skip
+                                    "(gantry/detector tilt)", "warning", {"tilt_deg": tilt_deg}))  # fmt: skip
+            shear_step = total / (n - 1)
         step_vec = (along / (n - 1)) * normal
-        if tilt_deg and tilt == "shear":
-            step_vec = total / (n - 1)
-        elif n > 1 and abs(med) > 0:
+        if abs(med) > 0:
             step_vec = med * normal
     else:
         step_vec = normal * thickness
@@ -311,4 +444,9 @@ def _geometry(first_vol: list[Frame], positions, series_uid, has_geometry, tilt,
     lps[:3, 1] = col_dir * ps[0]
     lps[:3, 2] = step_vec
     lps[:3, 3] = f0.ipp
-    return geometry.lps_to_ras(lps), uniform, tilt_deg, findings
+    shear = None
+    if tilt_deg:
+        sheared = lps.copy()
+        sheared[:3, 2] = shear_step
+        shear = geometry.lps_to_ras(sheared)
+    return geometry.lps_to_ras(lps), shear, uniform, tilt_deg, findings
