@@ -26,16 +26,32 @@ def stored_dtype(h: FileHeader) -> np.dtype:
     return np.dtype(f"{kind}{h.bits_allocated // 8}")
 
 
+def is_colour(info) -> bool:
+    """True for a colour series (SamplesPerPixel 3: RGB, or YBR decoded to RGB); mixed series are refused."""
+    spp = {h.samples_per_pixel for h in info.headers.values()}
+    if len(spp) > 1:
+        raise DicomError(f"series {info.uid}: files mix SamplesPerPixel {sorted(spp)} (colour and grayscale); "
+                         "pass the files of one series")  # fmt: skip
+    n = spp.pop()
+    if n not in (1, 3):
+        h = next(iter(info.headers.values()))
+        raise DicomError(f"{h.path}: SamplesPerPixel={n} ({h.photometric}) is not supported (1 or 3 expected)")
+    return n == 3
+
+
 def read_pixels(info) -> np.ndarray:
-    """Raw stored values of a :class:`SeriesInfo` plan, shape ``(C, D, H, W)`` (no rescale yet)."""
+    """Raw stored values of a :class:`SeriesInfo` plan, shape ``(C, D, H, W)`` (no rescale yet).
+
+    Colour series (SamplesPerPixel 3) give ``(3 * C, D, H, W)``: red, green, blue of each volume in turn
+    (YBR photometric interpretations are converted to RGB by pydicom's decoder).
+    """
     h0 = next(iter(info.headers.values()))
     dtypes = {stored_dtype(h) for h in info.headers.values()}
     if len(dtypes) > 1:
         raise DicomError(f"series {info.uid}: files mix pixel types {sorted(map(str, dtypes))}; cannot stack")
+    if is_colour(info):
+        return _read_colour(info, dtypes.pop())
     for h in info.headers.values():
-        if h.samples_per_pixel != 1:
-            raise DicomError(f"{h.path}: colour DICOM (SamplesPerPixel={h.samples_per_pixel}, "
-                             f"{h.photometric}) is not supported; medstack reads grayscale series")  # fmt: skip
         if (h.tile_rows, h.tile_cols) != (h0.tile_rows, h0.tile_cols):
             raise DicomError(f"{h.path}: {h.tile_rows}x{h.tile_cols} pixels differ from the series' "
                              f"{h0.tile_rows}x{h0.tile_cols} (Rows/Columns differ inside series {info.uid})")  # fmt: skip
@@ -53,6 +69,31 @@ def read_pixels(info) -> np.ndarray:
             _read_native(h, items, out)
         else:
             _read_decoded(h, items, out)
+    return out
+
+
+def _read_colour(info, dtype) -> np.ndarray:
+    import pydicom
+
+    h0 = next(iter(info.headers.values()))
+    n_vol, n_slices = len(info.frames), max(len(v) for v in info.frames)
+    out = np.zeros((3 * n_vol, n_slices, h0.rows, h0.cols), dtype=dtype)
+    by_file: dict[str, list] = defaultdict(list)
+    for c, vol in enumerate(info.frames):
+        for d, f in enumerate(vol):
+            by_file[f.path].append((c, d, f.frame))
+    for path, items in by_file.items():
+        h = info.headers[path]
+        if (h.rows, h.cols) != (h0.rows, h0.cols):
+            raise DicomError(f"{path}: {h.rows}x{h.cols} pixels differ from the series' {h0.rows}x{h0.cols}")
+        try:
+            arr = pydicom.dcmread(path).pixel_array  # (H, W, 3) or (frames, H, W, 3), YBR converted to RGB
+        except Exception as e:
+            raise DicomError(f"{path}: cannot decode colour pixel data ({h.photometric}): {e}; {CODEC_HINT}") from e
+        if arr.ndim == 3:
+            arr = arr[None]
+        for c, d, frame in items:
+            out[3 * c : 3 * c + 3, d] = np.moveaxis(arr[frame], -1, 0)
     return out
 
 
