@@ -352,3 +352,81 @@ def test_segmentation_objects_are_not_image_series(tmp_path):
     assert len(series) == 1
     assert any(f.kind == "annotation" and "SEG" in f.message for f in series[0].findings)
     assert pydicom.dcmread(next((tmp_path / "seg").iterdir())).Modality == "SEG"
+
+
+def _enhanced_mr(path, frames, affine, *, echo_times=None, components=None):
+    """One Enhanced MR Image Storage file: frames[(kind, d)] -> 2D array, per-frame geometry and kind."""
+    from pydicom.dataset import FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+    lps = affine[:3] * LPS[:, None]
+    steps = np.linalg.norm(lps[:, :3], axis=0)
+    ds = Dataset()
+    ds.SOPClassUID = "1.2.840.10008.5.1.4.1.1.4.1"
+    ds.SOPInstanceUID = generate_uid(entropy_srcs=[str(path)])
+    ds.SeriesInstanceUID, ds.StudyInstanceUID = "2.25.515", "2.25.516"
+    ds.Modality, ds.Manufacturer, ds.SeriesNumber = "MR", "medstack", 1
+    ds.ImageType = ["ORIGINAL", "PRIMARY", "MIXED", "NONE"]
+    keys = list(frames)
+    first = frames[keys[0]]
+    ds.Rows, ds.Columns = first.shape
+    ds.NumberOfFrames = len(keys)
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 1
+    shared = Dataset()
+    orient = Dataset()
+    orient.ImageOrientationPatient = [f"{v:.6f}" for v in (*(lps[:, 0] / steps[0]), *(lps[:, 1] / steps[1]))]
+    shared.PlaneOrientationSequence = Sequence([orient])
+    measures = Dataset()
+    measures.PixelSpacing = [f"{steps[1]:.6f}", f"{steps[0]:.6f}"]
+    measures.SliceThickness = f"{steps[2]:.6f}"
+    shared.PixelMeasuresSequence = Sequence([measures])
+    ds.SharedFunctionalGroupsSequence = Sequence([shared])
+    per_frame = []
+    for kind, d in keys:
+        item = Dataset()
+        pos = Dataset()
+        pos.ImagePositionPatient = [f"{v:.6f}" for v in lps[:, 3] + d * lps[:, 2]]
+        item.PlanePositionSequence = Sequence([pos])
+        content = Dataset()
+        content.InStackPositionNumber = d + 1
+        item.FrameContentSequence = Sequence([content])
+        if echo_times is not None:
+            echo = Dataset()
+            echo.EffectiveEchoTime = echo_times[kind]
+            item.MREchoSequence = Sequence([echo])
+        if components is not None:
+            ftype = Dataset()
+            ftype.FrameType = ["ORIGINAL", "PRIMARY", components[kind][0], "NONE"]
+            ftype.ComplexImageComponent = components[kind]
+            item.MRImageFrameTypeSequence = Sequence([ftype])
+        per_frame.append(item)
+    ds.PerFrameFunctionalGroupsSequence = Sequence(per_frame)
+    ds.PixelData = np.stack([frames[k] for k in keys]).astype("<i2").tobytes()
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID = ds.SOPClassUID, ds.SOPInstanceUID
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.file_meta = meta
+    ds.save_as(path, enforce_file_format=True)
+
+
+@pytest.mark.parametrize("what", ["echoes", "components"])
+def test_enhanced_multi_kind_export_loads_as_the_same_named_channels(tmp_path, what):
+    truth, affine = _truth((4, 8, 8), "LAS")
+    rng = np.random.default_rng(1)
+    order = [(k, d) for d in rng.permutation(4) for k in rng.permutation(2)]  # frames in no useful order
+    frames = {(k, int(d)): truth[d] + 100 * (k + 1) for k, d in order}
+    if what == "echoes":
+        _enhanced_mr(tmp_path / "enh.dcm", frames, affine, echo_times={0: 12.0, 1: 4.0})
+        names = ["e1", "e2"]  # by echo time: 4 ms first
+        expected = [truth + 200, truth + 100]
+    else:
+        _enhanced_mr(tmp_path / "enh.dcm", frames, affine, components={0: "PHASE", 1: "MAGNITUDE"})
+        names = ["magnitude", "phase"]
+        expected = [truth + 200, truth + 100]
+    vol = medstack.load(tmp_path)
+    assert vol.metadata["channel_names"] == names
+    for c in range(2):
+        _assert_world_equal(vol.replace(data=vol.data[c : c + 1]), expected[c], affine)
+    sel = medstack.load(tmp_path, echo=2) if what == "echoes" else medstack.load(tmp_path, image_type="phase")
+    _assert_world_equal(sel, expected[1], affine)
