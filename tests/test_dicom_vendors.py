@@ -430,3 +430,12 @@ def test_enhanced_multi_kind_export_loads_as_the_same_named_channels(tmp_path, w
         _assert_world_equal(vol.replace(data=vol.data[c : c + 1]), expected[c], affine)
     sel = medstack.load(tmp_path, echo=2) if what == "echoes" else medstack.load(tmp_path, image_type="phase")
     _assert_world_equal(sel, expected[1], affine)
+
+
+def test_two_copies_of_one_series_are_refused_not_stacked_as_time_points(tmp_path):
+    truth, affine = _truth((3, 8, 8), "LPS")
+    write_dicom_series(truth, tmp_path / "a", affine=affine, series_uid="2.25.31", modality="MR", rescale_intercept=0)
+    write_dicom_series(truth, tmp_path / "b", affine=affine, series_uid="2.25.31", modality="MR", rescale_intercept=0,
+                       file_prefix="copy")  # re-exported copy: new SOPInstanceUIDs, same everything else
+    with pytest.raises(DicomError, match="cannot be told"):
+        medstack.load(tmp_path)

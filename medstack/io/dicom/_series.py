@@ -367,6 +367,18 @@ def _build_unit(uid, series_uid, members, findings) -> SeriesInfo:
                                 "their pixels are identical, otherwise loading fails", "warning",
                                 {"counts": sorted(set(counts))}))  # fmt: skip
     per_pos = [sorted(g, key=lambda i: frames[i].temporal) for g in groups]
+    if has_geometry and len(set(counts)) == 1 and n_vol > 1:
+        for g in per_pos:  # volumes are ordered by temporal keys: equal keys from two files cannot be told apart
+            pairs = [(frames[a], frames[b]) for a, b in zip(g, g[1:]) if frames[a].temporal == frames[b].temporal
+                     and frames[a].path != frames[b].path]  # fmt: skip
+            if pairs:
+                a, b = pairs[0]
+                findings.append(Finding("ambiguous_order", f"series {series_uid}: {a.path} and {b.path} lie at the "
+                                        "same position with the same image kind, InstanceNumber, temporal position "
+                                        "and times: their volume order cannot be told (two copies of one series, or "
+                                        "two acquisitions under one SeriesInstanceUID?); pass the files of one "
+                                        "acquisition", "error", {"files": [a.path, b.path]}))  # fmt: skip
+                break
     if len(set(counts)) == 1:
         plan = [[frames[g[c]] for g in per_pos] for c in range(n_vol)]
     else:
