@@ -303,7 +303,8 @@ def _sidecar(task: Task, options: ConvertOptions, vol, fingerprint: str, complet
             "affine": np.asarray(vol.affine).tolist(), "dtype": str(vol.dtype),
         }  # fmt: skip
         payload["findings"] = meta.get("findings", [])
-        for key in ("b_values", "echo_time_ms", "slice_positions_mm", "tilt_deg"):
+        for key in ("b_values", "gradients", "echo_time_ms", "slice_positions_mm", "tilt_deg", "channel_names",
+                    "echo_times_ms", "image_kinds", "phase_encoding_polarity"):
             if key in meta:
                 payload.setdefault("acquisition", {})[key] = meta[key]
     if options.keep_phi:
