@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -28,12 +29,16 @@ from medstack.io._atomic import atomic_output
 from medstack.io.store import metadata_json
 
 MANIFEST = "manifest.json"
+logger = logging.getLogger(__name__)
 
 
 def read_cases(cases) -> list[dict]:
     """Cases from a list of dicts, or a CSV / JSON manifest (columns: id, image[, image2...][, label]).
 
-    ``image`` may list several channel sources separated by ``;`` (CSV) or be a list (JSON / dicts).
+    ``image`` may list several channel sources separated by ``;`` (CSV) or be a list (JSON / dicts); in a
+    list, an entry that is itself a list of DICOM files is one channel (one series, as
+    :func:`cases_from_dicom_study` writes it). ``label`` may be a label volume file or a DICOM SEG / RTSTRUCT
+    (rasterised onto the first image's grid as one label map).
     """
     if isinstance(cases, str | os.PathLike):
         path = Path(cases)
@@ -55,17 +60,81 @@ def read_cases(cases) -> list[dict]:
         if "image" not in row or not row["image"]:
             raise MedstackError(f"case {n}: no 'image' entry")
         images = row["image"] if isinstance(row["image"], list | tuple) else str(row["image"]).split(";")
-        images = [str(p if Path(p).is_absolute() else base / p) for p in images]
+        images = [_resolve(p, base) for p in images]
         label = row.get("label") or None
         if label is not None and not Path(label).is_absolute():
             label = str(base / label)
-        case_id = str(row.get("id") or Path(images[0]).name.split(".")[0])
+        if any(isinstance(p, list) and not p for p in images):
+            raise MedstackError(f"case {n}: an 'image' entry is an empty list of files")
+        first = images[0]  # default id: the file name, or the folder of a list of DICOM files
+        case_id = str(row.get("id") or (Path(first[0]).parent.name if isinstance(first, list)
+                                        else Path(first).name.split(".")[0]))  # fmt: skip
         out.append({"id": case_id, "image": images, "label": label})
     ids = [c["id"] for c in out]
     dup = {i for i in ids if ids.count(i) > 1}
     if dup:
         raise MedstackError(f"case ids must be unique; repeated: {sorted(dup)}")
     return out
+
+
+def _resolve(source, base: Path):
+    """A channel source made absolute: a path, or a list of DICOM files (one series)."""
+    if isinstance(source, list | tuple):
+        return [_resolve(p, base) for p in source]
+    return str(source if Path(source).is_absolute() else base / source)
+
+
+def cases_from_dicom_study(folder) -> list[dict]:
+    """Prepare-style cases from a DICOM study folder: each annotated image series with its SEG or RTSTRUCT.
+
+    The folder is scanned (:func:`medstack.io.dicom.scan`), its SEG / RTSTRUCT objects found
+    (:func:`~medstack.io.dicom.annotations.find_annotations`) and paired with the series they annotate
+    (:func:`~medstack.io.dicom.annotations.pair_annotations`: referenced series UID, else the one series sharing
+    the FrameOfReferenceUID). Annotations that cannot be paired are logged (WARNING) and left out; image series
+    without an annotation are not listed.
+
+    Returns
+    -------
+    list of dict
+        ``{"id": "<folder>_s<SeriesNumber>[_<n>]", "image": [<the series' files>], "label": <annotation path>}``
+        per annotation, ready for :func:`prepare` / :func:`read_cases` (``image`` holds one channel: the list of
+        the series' files).
+    """
+    from medstack.io.dicom import scan
+    from medstack.io.dicom.annotations import find_annotations, pair_annotations
+
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise medstack.ReadError(f"{folder}: not a folder; pass the folder of a DICOM study")
+    annotations = find_annotations(folder)
+    pairing = pair_annotations(scan(folder), annotations)
+    cases, ids = [], set()
+    for a in annotations:
+        if a.sop_instance_uid in pairing.unpaired:
+            logger.warning("%s: %s left out: %s", a.path, a.kind, pairing.unpaired[a.sop_instance_uid])
+            continue
+        s = pairing[a.sop_instance_uid]
+        base = case_id = f"{folder.name}_s{s.series_number if s.series_number is not None else 'x'}"
+        n = 1
+        while case_id in ids:
+            n += 1
+            case_id = f"{base}_{n}"
+        ids.add(case_id)
+        cases.append({"id": case_id, "image": [list(s.files)], "label": a.path})
+    return cases
+
+
+def _load_label(path, image):
+    """The label of a case: a DICOM SEG / RTSTRUCT rasterised onto ``image``'s grid as one label map (values =
+    SegmentNumber / ROINumber; overlapping segments are an error), or any volume file :func:`medstack.load` reads."""
+    from medstack.io.dicom.annotations import annotation_kind, read_rtstruct, read_seg
+
+    kind = annotation_kind(path)
+    if kind == "SEG":
+        return read_seg(path, image, as_labels=True)
+    if kind == "RTSTRUCT":
+        return read_rtstruct(path, image, as_labels=True)
+    return medstack.load(path)
 
 
 def _prepare_one(case: dict, out_dir: str, spacing, max_per_class: int, overwrite: bool) -> dict:
@@ -86,7 +155,7 @@ def _prepare_one(case: dict, out_dir: str, spacing, max_per_class: int, overwrit
     image = medstack.stack(vols, reference=ref) if (len(vols) > 1 or spacing is not None) else ref
     label = None
     if case["label"]:
-        lab = medstack.load(case["label"])
+        lab = _load_label(case["label"], vols[0])
         if lab.n_channels != 1:
             raise MedstackError(f"{case['label']}: label must have one channel, has {lab.n_channels}")
         if lab.spatial_shape != image.spatial_shape or not np.allclose(lab.affine, image.affine, atol=1e-4):

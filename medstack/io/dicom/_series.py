@@ -21,6 +21,7 @@ Rules (the documented contract):
 from __future__ import annotations
 
 import dataclasses
+import itertools
 from collections import defaultdict
 
 import numpy as np
@@ -76,6 +77,10 @@ class SeriesInfo:
         the volumes of that kind). Facts only: the scan records them, :func:`load_series` selects.
     shear_affine : np.ndarray or None
         For a tilted series: the exact sheared affine of the stored voxels (used by ``tilt="shear"``).
+    annotations : list of AnnotationInfo
+        DICOM SEG / RTSTRUCT objects found by the same scan that annotate this series (paired by referenced
+        SeriesInstanceUID, else FrameOfReferenceUID); read them with
+        :func:`medstack.io.dicom.annotations.read_seg` / ``read_rtstruct``.
     """
 
     uid: str
@@ -90,6 +95,7 @@ class SeriesInfo:
     is_localizer: bool = False
     channels: list[dict] = dataclasses.field(default_factory=list)
     shear_affine: np.ndarray | None = None  # tilted series: the exact sheared affine of the stored voxels
+    annotations: list = dataclasses.field(default_factory=list)  # SEG / RTSTRUCT (AnnotationInfo) paired by scan
 
     def affine_for(self, tilt: str = "resample") -> np.ndarray:
         """The affine of the voxels :func:`load_series` returns under a tilt policy (facts -> geometry)."""
@@ -153,6 +159,7 @@ class SeriesInfo:
             "tilt_deg": round(self.tilt_deg, 3),
             "is_localizer": self.is_localizer,
             "channel_names": self.channel_names,
+            "annotations": [a.summary() for a in self.annotations],
             "findings": [f.as_dict() for f in self.findings],
         }
 
@@ -369,7 +376,7 @@ def _build_unit(uid, series_uid, members, findings) -> SeriesInfo:
     per_pos = [sorted(g, key=lambda i: frames[i].temporal) for g in groups]
     if has_geometry and len(set(counts)) == 1 and n_vol > 1:
         for g in per_pos:  # volumes are ordered by temporal keys: equal keys from two files cannot be told apart
-            pairs = [(frames[a], frames[b]) for a, b in zip(g, g[1:]) if frames[a].temporal == frames[b].temporal
+            pairs = [(frames[a], frames[b]) for a, b in itertools.pairwise(g) if frames[a].temporal == frames[b].temporal
                      and frames[a].path != frames[b].path]  # fmt: skip
             if pairs:
                 a, b = pairs[0]
