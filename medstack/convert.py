@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 
 import medstack
+from medstack import io
 from medstack.errors import MedstackError, OutputExistsError, UnknownFormatError
 from medstack.io._atomic import atomic_output, clean_stale_partials
 
@@ -38,7 +39,8 @@ DEFAULT_FILE_TEMPLATE = "{stem}"
 LIST_SUFFIXES = (".txt", ".lst", ".list")
 FOREIGN_SUFFIXES = (".mgz", ".dcm", ".png", ".jpg", ".jpeg", ".tif", ".tiff", ".npy", ".npz", ".vtk", ".mnc", ".img",
                     ".hdr", ".gz", ".zip", ".xyz")  # fmt: skip
-VOLUME_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd", ".h5", ".hdf5", ".hdr")
+#: volume-file extensions: every format of medstack.io's table except DICOM (the table is the one source)
+VOLUME_SUFFIXES = tuple(sorted({e.lower() for f in io.FORMATS if f.name != "dicom" for e in f.extensions}))
 
 
 @dataclasses.dataclass(frozen=True)
