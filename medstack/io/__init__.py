@@ -143,6 +143,16 @@ def _head(path: Path, n: int = 4096) -> bytes:
     return head
 
 
+def require_file(path) -> Path:
+    """``path`` as a Path, or a :class:`ReadError` when it is missing or a folder (readers of single files)."""
+    path = Path(path)
+    if not path.exists():
+        raise ReadError(f"{path}: no such file")
+    if path.is_dir():
+        raise ReadError(f"{path}: is a folder, expected an image file")
+    return path
+
+
 def detect_format(path) -> Format:
     """The :class:`Format` of an existing file: by content (magic bytes), else by extension, else by probe.
 

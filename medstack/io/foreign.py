@@ -41,7 +41,7 @@ import numpy as np
 
 from medstack import geometry
 from medstack.errors import FormatError, GeometryError, MedstackError, ReadError, UnknownFormatError
-from medstack.io import _head  # first bytes of a file, gzip looked through
+from medstack.io import _head, require_file  # _head: first bytes of a file, gzip looked through
 from medstack.volume import Volume
 
 __all__ = ["nibabel_can_read", "read_nibabel", "read_simpleitk", "simpleitk_can_read"]
@@ -270,11 +270,7 @@ def read_nibabel(path, *, dtype=None, **options) -> Volume:
     GeometryError
         The affine is not finite or is singular.
     """
-    path = Path(path)
-    if not path.exists():
-        raise ReadError(f"{path}: no such file")
-    if path.is_dir():
-        raise ReadError(f"{path}: is a folder, expected an image file")
+    path = require_file(path)
     try:
         klass, by_name = _nibabel_class(path)
     except ImportError as e:  # pragma: no cover - nibabel is a dependency

@@ -12,7 +12,8 @@ from pathlib import Path
 import numpy as np
 
 from medstack import geometry
-from medstack.errors import FormatError, GeometryError, ReadError
+from medstack.errors import FormatError, GeometryError
+from medstack.io import require_file
 from medstack.io._atomic import atomic_output
 from medstack.volume import Volume
 
@@ -81,11 +82,7 @@ def read_itk(path, *, dtype=None) -> Volume:
     """Read NRRD / MHA / MHD with SimpleITK into a :class:`Volume`."""
     import SimpleITK as sitk
 
-    path = Path(path)
-    if not path.exists():
-        raise ReadError(f"{path}: no such file")
-    if path.is_dir():
-        raise ReadError(f"{path}: is a folder, expected an image file")
+    path = require_file(path)
     try:
         image = sitk.ReadImage(str(path))
     except RuntimeError as e:

@@ -36,12 +36,11 @@ import logging
 import os
 import warnings
 from collections.abc import Iterable, Sequence
-from pathlib import Path
 
 import numpy as np
 
-from medstack.errors import DicomError, ReadError
-from medstack.io.dicom._headers import FileHeader, looks_like_dicom, parse_file
+from medstack.errors import DicomError
+from medstack.io.dicom._headers import FileHeader, list_files, looks_like_dicom, parse_file
 from medstack.io.dicom._pixels import (
     invert_monochrome1,
     is_colour,
@@ -66,26 +65,6 @@ _PROCESS_THRESHOLD = 20000  # measured (bench_dicom): 2 processes did not beat 1
 
 class DicomWarning(UserWarning):
     """QA findings of severity 'warning' on a loaded DICOM series (gaps under on_gap='warn', tilt, ...)."""
-
-
-def _list_files(path, recursive: bool) -> list[str]:
-    if isinstance(path, str | os.PathLike):
-        p = Path(path)
-        if not p.exists():
-            raise ReadError(f"{p}: no such file or folder")
-        if p.is_file():
-            return [str(p)]
-        walker = os.walk(p) if recursive else [(str(p), [], [e.name for e in os.scandir(p) if e.is_file()])]
-        files = []
-        for root, dirs, names in walker:
-            dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-            files.extend(os.path.join(root, n) for n in sorted(names))
-        return files
-    files = [str(f) for f in path]
-    for f in files:
-        if not os.path.isfile(f):
-            raise ReadError(f"{f}: no such file")
-    return files
 
 
 def _parse_one(args):
@@ -137,7 +116,7 @@ def scan(
         One per stackable unit, ordered by SeriesNumber. Pixel data are not read.
     """
     _check_policy(on_gap, "resample")
-    files = _list_files(path, recursive)
+    files = list_files(path, recursive)
     where = str(path) if isinstance(path, str | os.PathLike) else f"{len(files)} files"
     candidates = [f for f in files if looks_like_dicom(f)]
     skipped = len(files) - len(candidates)

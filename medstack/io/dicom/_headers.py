@@ -16,6 +16,7 @@ from typing import ClassVar
 
 import numpy as np
 
+from medstack.errors import ReadError
 from medstack.io.dicom._vendors import (
     PRIVATE_TAGS,
     ge_polarity,
@@ -467,6 +468,27 @@ def _enhanced_frame(ds, h, file_index, i, item, shared) -> Frame:
                       echo_time, derived)  # fmt: skip
     return Frame(h.path, file_index, i, -1, ipp, iop, None if ps is None else (ps[0], ps[1]), slope, inter,
                  (*_temporal_key(ds, content), i), bval, kind, False, gradient)  # fmt: skip
+
+
+def list_files(path, recursive: bool = True) -> list[str]:
+    """The files under ``path`` (a folder, one file, or a list of files), sorted; hidden folders skipped."""
+    if isinstance(path, str | os.PathLike):
+        p = Path(path)
+        if not p.exists():
+            raise ReadError(f"{p}: no such file or folder")
+        if p.is_file():
+            return [str(p)]
+        walker = os.walk(p) if recursive else [(str(p), [], [e.name for e in os.scandir(p) if e.is_file()])]
+        files = []
+        for root, dirs, names in walker:
+            dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+            files.extend(os.path.join(root, n) for n in sorted(names))
+        return files
+    files = [str(f) for f in path]
+    for f in files:
+        if not os.path.isfile(f):
+            raise ReadError(f"{f}: no such file")
+    return files
 
 
 SKIP_SUFFIXES = {

@@ -48,6 +48,7 @@ from medstack.io.dicom._annotation_grid import (
     paste,
     plane_indices,
 )
+from medstack.io.dicom._headers import list_files
 from medstack.volume import Volume
 
 __all__ = [
@@ -267,34 +268,13 @@ def describe_annotation(path) -> AnnotationInfo:
     )  # fmt: skip
 
 
-def _list_files(path, recursive: bool = True) -> list[str]:
-    if isinstance(path, str | os.PathLike):
-        p = Path(path)
-        if not p.exists():
-            raise ReadError(f"{p}: no such file or folder")
-        if p.is_file():
-            return [str(p)]
-        if not recursive:
-            return sorted(str(e) for e in p.iterdir() if e.is_file() and not e.name.startswith("."))
-        out = []
-        for root, dirs, names in os.walk(p):
-            dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-            out += [os.path.join(root, n) for n in sorted(names) if not n.startswith(".")]
-        return out
-    files = [str(f) for f in path]
-    for f in files:
-        if not os.path.isfile(f):
-            raise ReadError(f"{f}: no such file")
-    return files
-
-
 def find_annotations(path, recursive: bool = True) -> list[AnnotationInfo]:
     """The DICOM SEG and RTSTRUCT objects under ``path`` (a folder, one file, or a list of files).
 
     Each file's SOPClassUID is read first (cheap); only annotation objects are described. Non-DICOM and
     unreadable files are skipped. Returned in path order.
     """
-    return [describe_annotation(f) for f in _list_files(path, recursive) if annotation_kind(f) is not None]
+    return [describe_annotation(f) for f in list_files(path, recursive) if annotation_kind(f) is not None]
 
 
 # -- the reference grid --------------------------------------------------------------------------------------
@@ -314,7 +294,7 @@ def _reference_volume(reference, referenced_series: Sequence[str], where: Path) 
     from medstack.io.dicom import load_series
 
     what = f"reference {reference}" if isinstance(reference, str | os.PathLike) else f"{len(reference)} reference files"
-    info = _image_series(_list_files(reference), referenced_series, where=f"{where}: {what}")
+    info = _image_series(list_files(reference), referenced_series, where=f"{where}: {what}")
     return load_series(info)
 
 
@@ -658,7 +638,7 @@ def write_seg(label: Volume, reference_files, path, *, segment_names=None, overw
     import medstack
     from medstack.io._atomic import atomic_output
 
-    info = _image_series(_list_files(reference_files), (), where=f"{path}: reference files")
+    info = _image_series(list_files(reference_files), (), where=f"{path}: reference files")
     data = label.to_numpy()
     if data.shape[0] != 1:
         raise DicomError(f"{path}: the label must have one channel (values = segment numbers), has {data.shape[0]}")
