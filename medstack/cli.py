@@ -86,9 +86,13 @@ def _info_folder(args) -> int:
         num = "-" if s.series_number is None else str(s.series_number)
         print(f"{num:>5}  {s.description:28.28}  {s.modality:4}  {s.n_files:>5}  {s.shape!s:22}  {sp:22}  "
               f"{s.orientation:6}  {kinds}")  # fmt: skip
+        if any(f.kind == "named_channels" for f in s.findings):
+            print(f"{'':7}channels: {', '.join(s.channel_names)} (select with echo= / image_type=)")
+        for a in s.annotations:
+            print(f"{'':7}annotation: {a.kind} {', '.join(a.names) or ''} ({a.path})")
         for f in s.findings:
-            if f.severity == "warning":
-                print(f"{'':7}! {f.message}")
+            if f.severity in ("warning", "error"):
+                print(f"{'':7}{'!' if f.severity == 'warning' else 'x'} {f.message}")
     print("uids:" if series else "")
     for s in series:
         print(f"  #{s.series_number}: {s.uid}")
