@@ -393,6 +393,11 @@ def _build_unit(uid, series_uid, members, findings) -> SeriesInfo:
     positions = np.array([s[g[0]] for g in groups])
     affine, shear, uniform, tilt_deg, geo_findings = _geometry(plan[0], positions, series_uid, has_geometry,
                                                                h0.thickness)  # fmt: skip
+    reversed_files = [h.path for h in headers.values() if h.polarity == "reversed"]
+    if reversed_files:
+        findings.append(Finding("reverse_polarity", f"series {series_uid}: {len(reversed_files)} file(s) of GE "
+                                "reverse phase-encoding polarity (epi_pepolar) store their rows reversed; they are "
+                                "flipped back at load", "info", {"files": sorted(reversed_files)}))  # fmt: skip
     problems = sorted({h.problem for h in headers.values() if h.problem})
     for p in problems[:3]:
         findings.append(Finding("undecodable", p + f" ({len(problems)} file(s) in series {series_uid})", "error"))
