@@ -228,7 +228,7 @@ def test_scan_reads_no_pixel_data(tmp_path, monkeypatch):
 
     monkeypatch.setattr(pydicom, "dcmread", spy)
     dicom.scan(tmp_path)
-    assert calls and all(calls)
+    assert all(calls)  # the fast header walk calls no pydicom; a fallback reads with stop_before_pixels
 
 
 def test_scan_skips_non_dicom_and_reports_bad_files(tmp_path):

@@ -104,3 +104,22 @@ def test_philips_asl_values_are_stored_times_rescale_slope_per_file():
     ours = vol.reoriented(ref.orientation)
     np.testing.assert_allclose(ours.affine, ref.affine, atol=1e-3)
     np.testing.assert_allclose(ours.data, ref.data * float(ds[0x2005, 0x100E].value), rtol=1e-4, atol=1e-3)
+
+
+@pytest.mark.parametrize("folder", ["ge_polar_fieldmap", "ge_3db0map", "uih_dti_saveby_slice"])
+def test_the_same_series_in_implicit_vr_gives_the_same_volume(tmp_path, folder):
+    # many archives re-encode as Implicit VR Little Endian: private tags then arrive without their VR (UN), and the
+    # vendor rules (GE (0021,104F) SS, UIH (0065,1009) FD, (0065,1051) sequence) must still be decoded
+    import pydicom
+    from pydicom.uid import ImplicitVRLittleEndian
+
+    for f in sorted((QA / folder).iterdir()):
+        ds = pydicom.dcmread(f)
+        ds.file_meta.TransferSyntaxUID = ImplicitVRLittleEndian
+        ds.save_as(tmp_path / f.name, implicit_vr=True, little_endian=True, enforce_file_format=True)
+    original, implicit = _load(folder), _load(tmp_path)
+    assert implicit.shape == original.shape
+    np.testing.assert_allclose(implicit.affine, original.affine, atol=1e-6)
+    np.testing.assert_array_equal(implicit.data, original.data)
+    for key in ("channel_names", "b_values", "phase_encoding_polarity"):
+        assert implicit.metadata.get(key) == original.metadata.get(key), key

@@ -84,6 +84,9 @@ class _Raw:
             from pydicom.datadict import tag_for_keyword
 
             tag = _Raw._tags[keyword] = tag_for_keyword(keyword)
+        d = getattr(self.ds, "_dict", None)  # pydicom's element dict: no Tag() conversion per lookup
+        if d is not None:
+            return d.get(tag)
         try:
             return self.ds.get_item(tag)
         except KeyError:
@@ -228,13 +231,17 @@ def _first(ds, *names):
 
 def _pixel_element_position(fh, ds, path: str):
     """Offset and length of a native pixel data value, given the file position where pydicom stopped."""
+    pos = fh.tell()
+    ts = str(ds.file_meta.get("TransferSyntaxUID", "1.2.840.10008.1.2"))
+    return _pixel_from_head(fh.read(12), pos, ts)
+
+
+def _pixel_from_head(head: bytes, pos: int, ts: str):
+    """(offset, length, has_pixels) of the pixel data element whose first 12 bytes ``head`` are at ``pos``."""
     import struct
 
-    pos = fh.tell()
-    head = fh.read(12)
     if len(head) < 8:
         return None, None, False
-    ts = str(ds.file_meta.get("TransferSyntaxUID", "1.2.840.10008.1.2"))
     order, explicit = NATIVE_SYNTAXES.get(ts, ("<", True))
     group, elem = struct.unpack(order + "HH", head[:4])
     if (group, elem) not in PIXEL_TAGS:
@@ -253,6 +260,41 @@ def _pixel_element_position(fh, ds, path: str):
     if length == 0xFFFFFFFF or ts not in NATIVE_SYNTAXES:
         return None, None, True  # encapsulated (compressed): decoded through pydicom
     return start, length, True
+
+
+_WANTED: frozenset | None = None
+_HEAD_BYTES = 1 << 16  # first read of a file in pass 1; headers are usually smaller (else doubled)
+
+
+def _read_header(path: str):
+    """(dataset of the wanted tags, transfer syntax, pixel offset, pixel length, has pixels): the fast walker
+    (:mod:`._fastheader`) when it can, else pydicom."""
+    import pydicom
+
+    from medstack.io.dicom import _fastheader
+
+    global _WANTED
+    if _WANTED is None:
+        _WANTED = frozenset(int(t) for t in _header_tags()) | {0x00080005}
+    with open(path, "rb", buffering=0) as fh:
+        buf = fh.read(_HEAD_BYTES)
+        complete = len(buf) < _HEAD_BYTES
+        res = _fastheader.walk(buf, _WANTED, complete)
+        while res is _fastheader.MORE:  # a long header: read as much again (never called once complete)
+            want = len(buf)
+            more = fh.read(want)
+            buf += more
+            res = _fastheader.walk(buf, _WANTED, len(more) < want)
+        if res is not None:
+            raw, ts, implicit, pix = res
+            ds = _fastheader.dataset(buf, raw, implicit)
+            if pix is None:
+                return ds, ts, None, None, False
+            return (ds, ts, *_pixel_from_head(buf[pix : pix + 12], pix, ts))
+        fh.seek(0)
+        ds = pydicom.dcmread(fh, stop_before_pixels=True, specific_tags=_header_tags())
+        ts = str(ds.file_meta.get("TransferSyntaxUID", "1.2.840.10008.1.2")) if hasattr(ds, "file_meta") else ""
+        return (ds, ts, *_pixel_element_position(fh, ds, path))
 
 
 def _temporal_key(ds, frame_content=None) -> tuple:
@@ -319,12 +361,7 @@ def parse_file(path: str, file_index: int = 0) -> FileHeader:
     Raises ``pydicom.errors.InvalidDicomError`` / ``OSError`` / ``ValueError`` on unreadable input; the
     caller turns those into findings or errors.
     """
-    import pydicom
-
-    with open(path, "rb") as fh:
-        ds = pydicom.dcmread(fh, stop_before_pixels=True, specific_tags=_header_tags())
-        offset, length, has_pixels = _pixel_element_position(fh, ds, path)
-    ts = str(ds.file_meta.get("TransferSyntaxUID", "1.2.840.10008.1.2")) if hasattr(ds, "file_meta") else ""
+    ds, ts, offset, length, has_pixels = _read_header(path)
     r = _Raw(ds)
     rows = r.us("Rows", 0)
     cols = r.us("Columns", 0)

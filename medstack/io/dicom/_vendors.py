@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
+import struct
 import warnings
 
 import numpy as np
@@ -20,6 +21,7 @@ import numpy as np
 #: Private tags read in pass 1, by vendor (private creator block 0x10 assumed, checked where it matters).
 PRIVATE_TAGS = [
     (0x0019, 0x109C), (0x0019, 0x10B3), (0x0043, 0x102F), (0x0043, 0x107C), (0x0021, 0x104F),  # GE
+    (0x0021, 0x0010), (0x2001, 0x0010), (0x2005, 0x0010),  # private creators: pydicom decodes known VRs
     (0x0019, 0x1029),  # Siemens MosaicRefAcqTimes (one per tile)
     (0x0029, 0x1020),  # Siemens CSA series header (ASCCONV protocol text)
     (0x0065, 0x0010), (0x0065, 0x1004), (0x0065, 0x1009), (0x0065, 0x1037), (0x0065, 0x1050),
@@ -28,8 +30,15 @@ PRIVATE_TAGS = [
 ]  # fmt: skip
 
 
+#: binary private elements read here, with their value representation (struct code): in implicit-VR files, or
+#: without their private creator, pydicom hands them over as undecoded bytes (VR UN)
+_BINARY = {(0x0021, 0x104F): "h", (0x0043, 0x102F): "h", (0x0043, 0x1030): "h", (0x0019, 0x100A): "H",
+           (0x0019, 0x1029): "d", (0x0065, 0x1009): "d", (0x0065, 0x1037): "d"}  # fmt: skip
+
+
 def private_value(ds, tag):
-    """The value of a private element, or None: bytes of an implicit-VR (UN) element decoded as text."""
+    """The value of a private element, or None: bytes of an implicit-VR (UN) element decoded by the known VR of
+    the tag (binary numbers) or as text."""
     try:
         elem = ds.get(tag)
     except Exception:  # a damaged private element: as if absent
@@ -41,6 +50,12 @@ def private_value(ds, tag):
     except Exception:
         return None
     if isinstance(v, bytes):
+        code = _BINARY.get((tag[0], tag[1]))
+        size = struct.calcsize(code) if code else 0
+        if code and len(v) >= size and len(v) % size == 0:
+            little = getattr(elem, "is_little_endian", True) is not False
+            vals = struct.unpack(("<" if little else ">") + code * (len(v) // size), v)
+            return vals[0] if len(vals) == 1 else list(vals)
         v = v.decode("latin-1", errors="replace").strip("\x00 ")
     return v
 
