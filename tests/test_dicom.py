@@ -247,8 +247,10 @@ def test_scan_skips_non_dicom_and_reports_bad_files(tmp_path):
     info = dicom.scan(tmp_path)[0]
     bad = sorted(f.details["file"].split("/")[-1] for f in info.findings if f.kind == "unreadable_file")
     assert bad == ["junk.dcm", "truncated.dcm"]
+    with pytest.raises(DicomError, match=r"junk\.dcm.*2 file\(s\).*on_unreadable='drop'"):
+        dicom.load_series(info)  # a file of the series that cannot be read is an error by default
     with pytest.warns(DicomWarning, match="unreadable"):
-        check_world(dicom.load_series(info), weights)
+        check_world(dicom.load_series(info, on_unreadable="drop"), weights)
     with pytest.raises(DicomError, match=r"junk\.dcm|truncated\.dcm.*strict=True"):
         dicom.scan(tmp_path, strict=True)
 
@@ -264,7 +266,7 @@ def test_file_without_pixel_data_is_skipped(tmp_path):
     check_world(dicom.load_series(info), weights)
 
 
-def test_rows_columns_differing_inside_series_are_excluded_with_finding(tmp_path):
+def test_rows_columns_differing_inside_series_refuse_the_load_unless_dropped(tmp_path):
     files, _weights = write_world(tmp_path, axis_code_affine("LPS", (1, 1, 2)))
     ds = pydicom.dcmread(files[0])
     ds.SOPInstanceUID += ".3"
@@ -274,7 +276,11 @@ def test_rows_columns_differing_inside_series_are_excluded_with_finding(tmp_path
     ds.save_as(tmp_path / "small.dcm")
     info = dicom.scan(tmp_path)[0]
     assert info.shape == (1, *SHAPE)
-    assert "other_orientation_removed" in {f.kind for f in info.findings}
+    assert "dropped_slices" in {f.kind for f in info.findings}
+    with pytest.raises(DicomError, match=r"4x4 pixels.*on_unreadable='drop'"):
+        dicom.load_series(info)  # a slice of the series would be lost: never silently
+    with pytest.warns(DicomWarning, match="4x4 pixels"):
+        assert dicom.load_series(info, on_unreadable="drop").shape == (1, *SHAPE)
 
 
 @pytest.mark.parametrize("target", ["empty", "text_only"])

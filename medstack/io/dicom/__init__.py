@@ -39,7 +39,7 @@ from collections.abc import Iterable, Sequence
 
 import numpy as np
 
-from medstack.errors import DicomError
+from medstack.errors import DicomError, MedstackError
 from medstack.io.dicom._headers import FileHeader, list_files, looks_like_dicom, parse_file
 from medstack.io.dicom._pixels import (
     invert_monochrome1,
@@ -142,7 +142,7 @@ def scan(
             continue
         if h.pixel_offset is not None and os.path.getsize(f) < h.pixel_offset + h.n_frames * h.frame_bytes:
             _unreadable(f, f"truncated pixel data ({os.path.getsize(f) - h.pixel_offset} of "
-                        f"{h.n_frames * h.frame_bytes} bytes)", strict, scan_findings)  # fmt: skip
+                        f"{h.n_frames * h.frame_bytes} bytes)", strict, scan_findings, h.series_uid)  # fmt: skip
             continue
         headers.append(h)
     series = build_series(headers, scan_findings)
@@ -172,10 +172,28 @@ def _pair(series: list[SeriesInfo], files: list[str]) -> None:
             logger.info("%s: %s not paired: %s", a.path, a.kind, pairing.unpaired.get(a.sop_instance_uid, "?"))
 
 
-def _unreadable(f, err, strict, findings):
+def _unreadable(f, err, strict, findings, series_uid=None):
     if strict:
         raise DicomError(f"{f}: unreadable DICOM file: {err} (strict=True)")
-    findings.append(Finding("unreadable_file", f"{f}: unreadable DICOM file skipped: {err}", "warning", {"file": f}))
+    findings.append(Finding("unreadable_file", f"{f}: unreadable DICOM file: {err}", "warning",
+                            {"file": f, "series_uid": series_uid}))  # fmt: skip
+
+
+ON_UNREADABLE = ("error", "drop")
+
+
+def _lost_files(info: SeriesInfo) -> list[Finding]:
+    """Findings of files that belong (or may belong: same folder, series unknown) to ``info`` but were not read."""
+    folders = {os.path.dirname(p) for p in info.files}
+    out = []
+    for f in info.findings:
+        if f.kind == "dropped_slices":
+            out.append(f)
+        elif f.kind == "unreadable_file":
+            uid = f.details.get("series_uid")
+            if uid == info.series_uid or (uid is None and os.path.dirname(f.details.get("file", "")) in folders):
+                out.append(f)
+    return out
 
 
 def _check_policy(on_gap, tilt):
@@ -269,6 +287,7 @@ def load_series(
     emit: bool = True,
     echo=None,
     image_type=None,
+    on_unreadable: str = "error",
 ) -> Volume:
     """Load one :class:`SeriesInfo` found by :func:`scan` into a :class:`Volume` ``(C, D, H, W)``.
 
@@ -278,13 +297,33 @@ def load_series(
     ``echo`` / ``image_type`` select named channels (see :func:`select_channels`). The QA findings are in
     ``metadata["findings"]`` and emitted as :class:`DicomWarning` / log records; a finding of severity
     ``"error"`` (an undecodable file) refuses the series with a :class:`~medstack.errors.DicomError`.
+    ``on_unreadable``: a file of the series that could not be read (truncated, unreadable, other Rows/Columns)
+    refuses the series (``"error"``, default) or is left out with its finding kept (``"drop"``).
     """
     _check_policy(on_gap, tilt)
+    if on_unreadable not in ON_UNREADABLE:
+        raise DicomError(f"on_unreadable must be one of {ON_UNREADABLE}, got {on_unreadable!r}")
     info = select_channels(info, echo=echo, image_type=image_type)
     findings = list(info.findings)
     errors = [f for f in findings if f.severity == "error"]
     if errors:
         raise DicomError(errors[0].message)
+    lost = _lost_files(info)
+    if lost and on_unreadable == "error":
+        raise DicomError(f"{lost[0].message}; {len(lost)} file(s) of series {info.uid} would be missing from the "
+                         "volume: fix or remove them, or pass on_unreadable='drop' to load without them")  # fmt: skip
+    try:
+        return _load_checked(info, findings, on_gap, tilt, dtype, emit)
+    except (MedstackError, Warning):  # warnings turned into errors by the caller's filters pass through
+        raise
+    except MemoryError as e:
+        raise DicomError(f"series {info.uid}: not enough memory for shape {info.shape}: {e}") from e
+    except Exception as e:  # a decoder or NumPy failing on bad data: typed, naming the series
+        raise DicomError(f"series {info.uid} ({info.files[0]} ...): cannot read the pixel data: "
+                         f"{type(e).__name__}: {e}") from e
+
+
+def _load_checked(info, findings, on_gap, tilt, dtype, emit) -> Volume:
     gap_kinds = [f for f in findings if f.kind in ("gap", "nonuniform_step")]
     if gap_kinds and on_gap == "error":
         raise DicomError(f"{gap_kinds[0].message}; pass on_gap='resample', 'warn' or 'split'")
@@ -489,6 +528,7 @@ def load(
     recursive: bool = True,
     echo=None,
     image_type=None,
+    on_unreadable: str = "error",
 ) -> Volume:
     """Scan ``path`` (folder, file or list of files) and load one series (see :func:`select` for ``series``).
 
@@ -507,6 +547,7 @@ def load(
             matching.append(s)
         found = matching or found
     info = select(found, series, where=where)
-    return load_series(info, on_gap=on_gap, tilt=tilt, dtype=dtype, echo=echo, image_type=image_type)
+    return load_series(info, on_gap=on_gap, tilt=tilt, dtype=dtype, echo=echo, image_type=image_type,
+                       on_unreadable=on_unreadable)
 
 

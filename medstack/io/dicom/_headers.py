@@ -195,6 +195,8 @@ class FileHeader:
     frame_of_reference_uid: str = ""
     problem: str | None = None  # why this file cannot be decoded safely (the series is then refused at load)
     polarity: str | None = None  # GE epi_pepolar phase-encoding polarity: "reversed" / "forward"
+    float_pixels: bool = False  # Float / Double Float Pixel Data (7FE0,0008 / 0009)
+    notes: list[str] = dataclasses.field(default_factory=list)  # header values corrected in pass 1 (findings)
     frames: list[Frame] = dataclasses.field(default_factory=list)
 
     @property
@@ -237,15 +239,17 @@ def _pixel_element_position(fh, ds, path: str):
 
 
 def _pixel_from_head(head: bytes, pos: int, ts: str):
-    """(offset, length, has_pixels) of the pixel data element whose first 12 bytes ``head`` are at ``pos``."""
+    """(offset, length, has_pixels, float_bytes) of the pixel data element whose first 12 bytes ``head`` are at
+    ``pos``; ``float_bytes`` is 4 for Float Pixel Data (7FE0,0008), 8 for Double Float (7FE0,0009), else 0."""
     import struct
 
     if len(head) < 8:
-        return None, None, False
+        return None, None, False, 0
     order, explicit = NATIVE_SYNTAXES.get(ts, ("<", True))
     group, elem = struct.unpack(order + "HH", head[:4])
     if (group, elem) not in PIXEL_TAGS:
-        return None, None, False
+        return None, None, False, 0
+    float_bytes = {0x0008: 4, 0x0009: 8}.get(elem, 0)
     if explicit:
         vr = head[4:6]
         if vr in (b"OB", b"OW", b"OF", b"OD", b"UN", b"OL", b"OV"):
@@ -258,8 +262,46 @@ def _pixel_from_head(head: bytes, pos: int, ts: str):
         length = struct.unpack(order + "I", head[4:8])[0]
         start = pos + 8
     if length == 0xFFFFFFFF or ts not in NATIVE_SYNTAXES:
-        return None, None, True  # encapsulated (compressed): decoded through pydicom
-    return start, length, True
+        return None, None, True, float_bytes  # encapsulated (compressed): decoded through pydicom
+    return start, length, True, float_bytes
+
+
+#: frames x rows x columns above which a header is refused outright (a 2^31-frame or 65535^2 claim in a small file)
+MAX_PIXELS = 1 << 34
+#: decoded / compressed size above which an encapsulated (compressed) file is taken for a lying header
+MAX_COMPRESSION = 2000
+
+
+def _size_problem(path, rows, cols, n_frames, bits, spp, length, offset, has_pixels, ts) -> str | None:
+    """Why the sizes in a header cannot be right (checked before anything is allocated), or None."""
+    if not has_pixels:
+        return None
+    if rows <= 0 or cols <= 0 or n_frames <= 0:
+        return f"{path}: Rows={rows}, Columns={cols}, NumberOfFrames={n_frames}: an image needs positive sizes"
+    if bits not in (1, 8, 16, 32, 64):
+        return f"{path}: BitsAllocated={bits} is not supported (8, 16, 32 or 64 expected)"
+    expected = (rows * cols * n_frames * spp * bits + 7) // 8
+    if rows * cols * n_frames > MAX_PIXELS:
+        return (f"{path}: Rows x Columns x NumberOfFrames = {rows} x {cols} x {n_frames} is beyond any real image; "
+                "the header is corrupt")  # fmt: skip
+    if length is not None:  # native pixel data: the element's length must be what the header implies
+        if length < expected:
+            return (f"{path}: pixel data (7FE0,0010) holds {length} bytes but Rows x Columns x NumberOfFrames x "
+                    f"SamplesPerPixel x BitsAllocated/8 = {rows} x {cols} x {n_frames} x {spp} x {bits // 8} = "
+                    f"{expected} bytes: truncated file or wrong Rows/Columns/NumberOfFrames")  # fmt: skip
+        if length > expected + 1 and bits >= 8:  # one padding byte keeps the length even
+            return (f"{path}: pixel data (7FE0,0010) holds {length} bytes, more than the {expected} bytes that Rows "
+                    f"x Columns x NumberOfFrames = {rows} x {cols} x {n_frames} imply: Rows/Columns/NumberOfFrames or "
+                    "BitsAllocated are wrong; refusing to guess the image layout")  # fmt: skip
+    else:
+        try:
+            size = os.path.getsize(path)
+        except OSError:
+            size = 0
+        if size and expected > MAX_COMPRESSION * size + (1 << 20):
+            return (f"{path}: compressed pixel data of {size} bytes cannot hold {rows} x {cols} x {n_frames} "
+                    f"frames ({expected} bytes decoded, > {MAX_COMPRESSION}x); the header is corrupt")  # fmt: skip
+    return None
 
 
 _WANTED: frozenset | None = None
@@ -289,7 +331,7 @@ def _read_header(path: str):
             raw, ts, implicit, pix = res
             ds = _fastheader.dataset(buf, raw, implicit)
             if pix is None:
-                return ds, ts, None, None, False
+                return ds, ts, None, None, False, 0
             return (ds, ts, *_pixel_from_head(buf[pix : pix + 12], pix, ts))
         fh.seek(0)
         ds = pydicom.dcmread(fh, stop_before_pixels=True, specific_tags=_header_tags())
@@ -361,11 +403,12 @@ def parse_file(path: str, file_index: int = 0) -> FileHeader:
     Raises ``pydicom.errors.InvalidDicomError`` / ``OSError`` / ``ValueError`` on unreadable input; the
     caller turns those into findings or errors.
     """
-    ds, ts, offset, length, has_pixels = _read_header(path)
+    ds, ts, offset, length, has_pixels, float_bytes = _read_header(path)
     r = _Raw(ds)
     rows = r.us("Rows", 0)
     cols = r.us("Columns", 0)
     n_frames = r.num("NumberOfFrames", 1, int) or 1
+    notes: list[str] = []  # header values medstack corrected (reported as findings)
     image_type = tuple(v.upper() for v in r.strs("ImageType"))
     manufacturer = r.str("Manufacturer")
     ps = r.vec("PixelSpacing", 2)
@@ -388,6 +431,10 @@ def parse_file(path: str, file_index: int = 0) -> FileHeader:
             if not problem:
                 mosaic, tile_rows, tile_cols = len(tiles.positions), tiles.tile_rows, tiles.tile_cols
     bits_allocated = r.us("BitsAllocated", 16)
+    if float_bytes:  # Float / Double Float Pixel Data: IEEE values, no rescale
+        bits_allocated = 8 * float_bytes
+    problem = problem or _size_problem(path, rows, cols, n_frames, bits_allocated, r.us("SamplesPerPixel", 1), length,
+                                       offset, has_pixels, ts)  # fmt: skip
     header = FileHeader(
         path=path,
         sop_instance_uid=r.str("SOPInstanceUID"),
@@ -425,21 +472,69 @@ def parse_file(path: str, file_index: int = 0) -> FileHeader:
         sop_class_uid=r.str("SOPClassUID"),
         frame_of_reference_uid=r.str("FrameOfReferenceUID"),
         problem=problem,
+        float_pixels=bool(float_bytes),
+        notes=notes,
     )
     header.frames = _frames(ds, header, file_index, tiles if mosaic else None, ps)
     return header
 
 
+ORIENTATION_TOL = 1e-3  # |1 - norm| and |cos| of ImageOrientationPatient normalised silently below this
+ORIENTATION_FIX_TOL = 0.02  # ... corrected with a finding below this, refused above
+
+
+def _checked(h: FileHeader, ipp, iop, ps, slope, inter, where=""):
+    """Geometry and scaling values that can be trusted, corrected within tolerances (notes) or refused (problem).
+
+    ImageOrientationPatient: unit, orthogonal direction cosines (normalised / orthogonalised when off by less than
+    ORIENTATION_FIX_TOL, refused beyond); PixelSpacing: positive and finite; RescaleSlope 0 is read as 1 (as
+    dcm2niix does), non-finite slope / intercept refused."""
+    label = f"{h.path}{where}"
+    if iop is not None:
+        row, col = iop[:3], iop[3:]
+        nr, nc = np.linalg.norm(row), np.linalg.norm(col)
+        cos = float(row @ col) / (nr * nc) if nr > 0 and nc > 0 else 1.0
+        off = max(abs(nr - 1), abs(nc - 1), abs(cos))
+        if off > ORIENTATION_FIX_TOL:
+            h.problem = h.problem or (f"{label}: ImageOrientationPatient {np.round(iop, 4).tolist()} is not two unit, "
+                                      f"orthogonal direction cosines (norms {nr:.3g}, {nc:.3g}, cosine {cos:.3g}); the "
+                                      "slice orientation cannot be trusted")  # fmt: skip
+            iop = None
+        elif off > 0:
+            row = row / nr
+            col = col - (col @ row) * row
+            col = col / np.linalg.norm(col)
+            if off > ORIENTATION_TOL:
+                h.notes.append(f"{label}: ImageOrientationPatient normalised (norms {nr:.4g}, {nc:.4g}, cosine "
+                               f"{cos:.3g})")  # fmt: skip
+            iop = np.concatenate([row, col])
+    if ps is not None and not (np.all(np.isfinite(ps)) and np.all(ps > 0)):
+        h.problem = h.problem or f"{label}: PixelSpacing {ps.tolist()} is not positive; the pixel size is unknown"
+        ps = None
+    if ps is None and h.has_pixels and h.modality in ("CT", "MR", "PT", "NM") and not h.problem:
+        h.notes.append(f"{label}: no PixelSpacing (0028,0030): 1 mm assumed")
+    if slope is not None and (not math.isfinite(slope) or (inter is not None and not math.isfinite(inter))):
+        h.problem = h.problem or f"{label}: RescaleSlope/Intercept {slope}/{inter} are not finite numbers"
+    elif slope == 0:
+        h.notes.append(f"{label}: RescaleSlope 0 read as 1 (as dcm2niix does)")
+        slope = 1.0
+    return ipp, iop, ps, slope, inter
+
+
 def _frames(ds, h: FileHeader, file_index: int, tiles, ps) -> list[Frame]:
     r = _Raw(ds)
-    slope = r.num("RescaleSlope", 1.0)
-    inter = r.num("RescaleIntercept", 0.0)
     ipp = r.vec("ImagePositionPatient", 3)
     iop = r.vec("ImageOrientationPatient", 6)
+    slope, inter = r.num("RescaleSlope", 1.0), r.num("RescaleIntercept", 0.0)
     bval = _bvalue(ds, h.manufacturer)
     gradient = _gradient(ds)
     per_frame = ds.get("PerFrameFunctionalGroupsSequence") if h.n_frames > 1 else None
-    if per_frame is not None and len(per_frame) > 0:
+    if per_frame is None or len(per_frame) == 0:
+        ipp, iop, ps, slope, inter = _checked(h, ipp, iop, ps, slope, inter)
+    else:
+        if len(per_frame) != h.n_frames:
+            h.problem = h.problem or (f"{h.path}: NumberOfFrames is {h.n_frames} but PerFrameFunctionalGroupsSequence "
+                                      f"has {len(per_frame)} items; the frames cannot be placed")  # fmt: skip
         shared = ds.get("SharedFunctionalGroupsSequence")
         shared = shared[0] if shared else None
         return [_enhanced_frame(ds, h, file_index, i, item, shared) for i, item in enumerate(per_frame)]
@@ -487,6 +582,7 @@ def _enhanced_frame(ds, h, file_index, i, item, shared) -> Frame:
         slope = _num(ds.get("RescaleSlope"), 1.0)
     if inter is None:
         inter = _num(ds.get("RescaleIntercept"), 0.0)
+    ipp, iop, ps, slope, inter = _checked(h, ipp, iop, ps, slope, inter, f" frame {i + 1}")
     content = item.get("FrameContentSequence")
     content = content[0] if content else None
     bval = _num(_group_attr(item, shared, "MRDiffusionSequence", "DiffusionBValue"), None)

@@ -20,6 +20,8 @@ CODEC_HINT = (
 
 
 def stored_dtype(h: FileHeader) -> np.dtype:
+    if h.float_pixels:  # Float / Double Float Pixel Data: IEEE little-endian values
+        return np.dtype("<f4" if h.bits_allocated == 32 else "<f8")
     if h.bits_allocated not in (8, 16, 32):
         raise DicomError(f"{h.path}: BitsAllocated={h.bits_allocated} is not supported (8, 16 or 32 expected)")
     kind = "i" if h.pixel_representation == 1 else "u"
@@ -100,7 +102,7 @@ def _read_colour(info, dtype) -> np.ndarray:
 def _fix_bits(arr: np.ndarray, h: FileHeader) -> None:
     """Mask unused high bits (unsigned) or sign-extend from BitsStored (signed), in place."""
     bs, ba = h.bits_stored, h.bits_allocated
-    if bs >= ba:
+    if bs >= ba or h.float_pixels or bs <= 0:
         return
     if h.pixel_representation == 1:
         shift = ba - bs
@@ -161,7 +163,7 @@ def _read_decoded(h: FileHeader, items, out: np.ndarray) -> None:
 def invert_monochrome1(raw: np.ndarray, headers) -> np.ndarray:
     """MONOCHROME1 (white = low values) is inverted so that larger values are brighter, like dcm2niix."""
     h = next(iter(headers.values()))
-    if h.photometric != "MONOCHROME1":
+    if h.photometric != "MONOCHROME1" or h.float_pixels:
         return raw
     if h.pixel_representation == 1:
         return np.invert(raw)
@@ -243,6 +245,10 @@ def shift_slices(data: np.ndarray, shifts_rc: np.ndarray, fill: float) -> np.nda
 def resample_positions(data: np.ndarray, positions: np.ndarray, step: float) -> tuple[np.ndarray, np.ndarray]:
     """Linear interpolation along D from measured slice ``positions`` onto a uniform grid of ``step`` mm."""
     n = round((positions[-1] - positions[0]) / step) + 1
+    if n > 2 * len(positions) + 16:
+        raise DicomError(f"on_gap='resample' would interpolate {n} slices from {len(positions)} (positions "
+                         f"{positions[0]:.4g} .. {positions[-1]:.4g} mm at a {step:.4g} mm step): a slice far from the "
+                         "others (a wrong ImagePositionPatient?); refusing to invent them")  # fmt: skip
     target = positions[0] + step * np.arange(n)
     idx = np.clip(np.searchsorted(positions, target, side="right") - 1, 0, len(positions) - 2)
     w = (target - positions[idx]) / (positions[idx + 1] - positions[idx])

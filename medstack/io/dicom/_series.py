@@ -198,12 +198,19 @@ def build_series(headers: list[FileHeader], scan_findings: list[Finding]) -> lis
         units: dict[tuple, list[tuple[FileHeader, Frame]]] = defaultdict(list)
         sop_seen: dict[str, str] = {}
         findings: list[Finding] = list(scan_findings)
+        by_path = {h.path: h for h in hs}
         for h in hs:
-            if h.sop_instance_uid and h.sop_instance_uid in sop_seen:
-                findings.append(Finding("duplicate", f"{h.path}: same SOPInstanceUID as {sop_seen[h.sop_instance_uid]}; "
-                                        "the copy is ignored", "info", {"file": h.path}))  # fmt: skip
-                continue
-            sop_seen[h.sop_instance_uid] = h.path
+            first = by_path.get(sop_seen.get(h.sop_instance_uid, ""))
+            if h.sop_instance_uid and first is not None:
+                if _same_image(first, h):
+                    findings.append(Finding("duplicate", f"{h.path}: a copy of {first.path} (same SOPInstanceUID, "
+                                            "position and pixels); the copy is ignored", "info", {"file": h.path}))  # fmt: skip
+                    continue
+                findings.append(Finding("shared_sop_uid", f"{h.path} and {first.path} share a SOPInstanceUID but hold "
+                                        "other positions or pixels (a broken anonymiser?); both are kept", "warning",
+                                        {"files": [first.path, h.path]}))  # fmt: skip
+            else:
+                sop_seen[h.sop_instance_uid] = h.path
             for f in h.frames:
                 units[_unit_key(h, f)].append((h, f))
         # the main units: not localizers, several slices; small/odd units are reported on the main ones
@@ -213,12 +220,20 @@ def build_series(headers: list[FileHeader], scan_findings: list[Finding]) -> lis
             main = ranked[:1] if len(ranked) == 1 else [kv for kv in ranked if len(kv[1]) > 1] or ranked
         removed = [kv for kv in ranked if kv not in main]
         removed_findings = []
-        for _key, members in removed:
+        main_keys = {(geo[0], kind) for (geo, kind), _ in main}
+        for (geo, kind_key), members in removed:
             h0 = members[0][0]
+            files = sorted({m[0].path for m in members})
+            if not _is_localizer(h0) and (geo[0], kind_key) in main_keys:  # same orientation and kind, other size
+                removed_findings.append(Finding("dropped_slices", f"{len(members)} frame(s) of series {series_uid} "
+                                                f"({', '.join(files[:3])}) have {h0.tile_rows}x{h0.tile_cols} pixels, "
+                                                "unlike the rest of the series: they cannot be stacked",
+                                                "warning", {"files": files}))  # fmt: skip
+                continue
             kind = "localizer_removed" if _is_localizer(h0) else "other_orientation_removed"
             removed_findings.append(Finding(kind, f"{len(members)} frame(s) of series {series_uid} with another "
                                             f"orientation/size/type ({', '.join(h0.image_type)}) are excluded",
-                                            "info", {"files": sorted({m[0].path for m in members})}))  # fmt: skip
+                                            "info", {"files": files}))  # fmt: skip
         by_geometry: dict[tuple, list] = defaultdict(list)
         for (geo, kind), members in main:
             by_geometry[geo].append((kind, members))
@@ -236,6 +251,23 @@ def build_series(headers: list[FileHeader], scan_findings: list[Finding]) -> lis
 
 
 _COMPONENT_RANK = {"magnitude": 0, "": 0, "phase": 1, "real": 2, "imaginary": 3, "field_map_hz": 4}
+
+
+def _same_image(a: FileHeader, b: FileHeader) -> bool:
+    """Two files with one SOPInstanceUID are copies only with the same positions and identical pixel bytes."""
+    pa = [None if f.ipp is None else tuple(np.round(f.ipp, 3)) for f in a.frames]
+    pb = [None if f.ipp is None else tuple(np.round(f.ipp, 3)) for f in b.frames]
+    if pa != pb or (a.rows, a.cols, a.n_frames) != (b.rows, b.cols, b.n_frames):
+        return False
+    try:
+        with open(a.path, "rb") as fa, open(b.path, "rb") as fb:
+            if a.pixel_offset is not None and b.pixel_offset is not None:
+                fa.seek(a.pixel_offset)
+                fb.seek(b.pixel_offset)
+                return fa.read(a.pixel_value_bytes or 0) == fb.read(b.pixel_value_bytes or 0)
+            return fa.read() == fb.read()
+    except OSError:
+        return False
 
 
 def _kind_order(kind: tuple):
@@ -350,7 +382,17 @@ def _build_unit(uid, series_uid, members, findings) -> SeriesInfo:
     frames = [f for _, f in members]
     headers = {h.path: h for h, _ in members}
     findings = list(findings)
-    has_geometry = all(f.ipp is not None and f.iop is not None for f in frames)
+    placed = [f.ipp is not None and f.iop is not None for f in frames]
+    has_geometry = all(placed)
+    if any(placed) and not has_geometry:  # one bad slice must not throw away the geometry of all the others
+        bad = sorted({f.path for f, ok in zip(frames, placed) if not ok})
+        findings.append(Finding("undecodable", f"series {series_uid}: {len(bad)} file(s) ({', '.join(bad[:3])}) have no "
+                                "valid ImagePositionPatient/ImageOrientationPatient while the others do: those slices "
+                                "cannot be placed", "error", {"files": bad}))  # fmt: skip
+        frames = [f for f, ok in zip(frames, placed) if ok]
+        members = [m for m, ok in zip(members, placed) if ok]
+        headers = {h.path: h for h, _ in members}
+        has_geometry = True
     if has_geometry:
         iop = frames[0].iop
         row_dir, col_dir = iop[:3], iop[3:]
@@ -393,6 +435,10 @@ def _build_unit(uid, series_uid, members, findings) -> SeriesInfo:
     positions = np.array([s[g[0]] for g in groups])
     affine, shear, uniform, tilt_deg, geo_findings = _geometry(plan[0], positions, series_uid, has_geometry,
                                                                h0.thickness)  # fmt: skip
+    notes = [n for h in headers.values() for n in h.notes]
+    for n in dict.fromkeys(notes[:3]):
+        findings.append(Finding("header_corrected", n + (f" (and {len(notes) - 3} more)" if len(notes) > 3 else ""),
+                                "warning"))  # fmt: skip
     reversed_files = [h.path for h in headers.values() if h.polarity == "reversed"]
     if reversed_files:
         findings.append(Finding("reverse_polarity", f"series {series_uid}: {len(reversed_files)} file(s) of GE "
