@@ -136,6 +136,9 @@ def scan(
                                          "SeriesInfo.annotations", "info", {"file": f}))  # fmt: skip
             annotation_files.append(f)
             continue
+        if h.unreadable:
+            _unreadable(f, h.unreadable, strict, scan_findings, h.series_uid)
+            continue
         if not h.has_pixels or not h.frames or h.rows == 0:
             scan_findings.append(Finding("no_pixel_data", f"{f}: no pixel data (not an image); skipped", "info",
                                          {"file": f}))  # fmt: skip
@@ -145,9 +148,10 @@ def scan(
                         f"{h.n_frames * h.frame_bytes} bytes)", strict, scan_findings, h.series_uid)  # fmt: skip
             continue
         headers.append(h)
-    series = build_series(headers, scan_findings)
+    series = ScanResult(build_series(headers, scan_findings))
+    series.findings = scan_findings
     if on_gap == "split":
-        series = [part for s in series for part in _split(s)]
+        series = ScanResult([part for s in series for part in _split(s)], findings=scan_findings)
     if annotation_files:
         _pair(series, annotation_files)
     return series
@@ -170,6 +174,15 @@ def _pair(series: list[SeriesInfo], files: list[str]) -> None:
             target.annotations.append(a)
         else:
             logger.info("%s: %s not paired: %s", a.path, a.kind, pairing.unpaired.get(a.sop_instance_uid, "?"))
+
+
+class ScanResult(list):
+    """The list of :class:`SeriesInfo` of a scan; ``findings`` holds the scan-level findings (unreadable and
+    skipped files), also when no series was found."""
+
+    def __init__(self, items=(), findings=None):
+        super().__init__(items)
+        self.findings = list(findings or [])
 
 
 def _unreadable(f, err, strict, findings, series_uid=None):
@@ -480,7 +493,9 @@ def _metadata(info: SeriesInfo, frames, findings, positions) -> dict:
 def select(series: Sequence[SeriesInfo], choice=None, *, where: str = "") -> SeriesInfo:
     """Pick one series: by SeriesInfo, UID, SeriesNumber or description; or the single non-localizer."""
     if not series:
-        raise DicomError(f"{where}: no DICOM image series found (no readable DICOM files with pixel data)")
+        reasons = [f.message for f in getattr(series, "findings", []) if f.severity != "info"][:3]
+        raise DicomError(f"{where}: no DICOM image series found (no readable DICOM files with pixel data)"
+                         + "".join(f"; {r}" for r in reasons))  # fmt: skip
     if isinstance(choice, SeriesInfo):
         return choice
     if choice is None:

@@ -131,6 +131,7 @@ class _Raw:
         return int(v)
 
 
+DEFLATED = "1.2.840.10008.1.2.1.99"
 PIXEL_TAGS = {(0x7FE0, 0x0010): "OB", (0x7FE0, 0x0008): "OF", (0x7FE0, 0x0009): "OD"}
 
 
@@ -195,6 +196,7 @@ class FileHeader:
     frame_of_reference_uid: str = ""
     problem: str | None = None  # why this file cannot be decoded safely (the series is then refused at load)
     polarity: str | None = None  # GE epi_pepolar phase-encoding polarity: "reversed" / "forward"
+    unreadable: str | None = None  # the pixel data cannot be read as the header describes it (sizes disagree)
     float_pixels: bool = False  # Float / Double Float Pixel Data (7FE0,0008 / 0009)
     notes: list[str] = dataclasses.field(default_factory=list)  # header values corrected in pass 1 (findings)
     frames: list[Frame] = dataclasses.field(default_factory=list)
@@ -272,25 +274,25 @@ MAX_PIXELS = 1 << 34
 MAX_COMPRESSION = 2000
 
 
-def _size_problem(path, rows, cols, n_frames, bits, spp, length, offset, has_pixels, ts) -> str | None:
+def _size_problem(rows, cols, n_frames, bits, spp, length, path, has_pixels) -> str | None:
     """Why the sizes in a header cannot be right (checked before anything is allocated), or None."""
     if not has_pixels:
         return None
     if rows <= 0 or cols <= 0 or n_frames <= 0:
-        return f"{path}: Rows={rows}, Columns={cols}, NumberOfFrames={n_frames}: an image needs positive sizes"
+        return f"Rows={rows}, Columns={cols}, NumberOfFrames={n_frames}: an image needs positive sizes"
     if bits not in (1, 8, 16, 32, 64):
-        return f"{path}: BitsAllocated={bits} is not supported (8, 16, 32 or 64 expected)"
+        return f"BitsAllocated={bits} is not supported (8, 16, 32 or 64 expected)"
     expected = (rows * cols * n_frames * spp * bits + 7) // 8
     if rows * cols * n_frames > MAX_PIXELS:
-        return (f"{path}: Rows x Columns x NumberOfFrames = {rows} x {cols} x {n_frames} is beyond any real image; "
+        return (f"Rows x Columns x NumberOfFrames = {rows} x {cols} x {n_frames} is beyond any real image; "
                 "the header is corrupt")  # fmt: skip
     if length is not None:  # native pixel data: the element's length must be what the header implies
         if length < expected:
-            return (f"{path}: pixel data (7FE0,0010) holds {length} bytes but Rows x Columns x NumberOfFrames x "
+            return (f"pixel data (7FE0,0010) holds {length} bytes but Rows x Columns x NumberOfFrames x "
                     f"SamplesPerPixel x BitsAllocated/8 = {rows} x {cols} x {n_frames} x {spp} x {bits // 8} = "
                     f"{expected} bytes: truncated file or wrong Rows/Columns/NumberOfFrames")  # fmt: skip
         if length > expected + 1 and bits >= 8:  # one padding byte keeps the length even
-            return (f"{path}: pixel data (7FE0,0010) holds {length} bytes, more than the {expected} bytes that Rows "
+            return (f"pixel data (7FE0,0010) holds {length} bytes, more than the {expected} bytes that Rows "
                     f"x Columns x NumberOfFrames = {rows} x {cols} x {n_frames} imply: Rows/Columns/NumberOfFrames or "
                     "BitsAllocated are wrong; refusing to guess the image layout")  # fmt: skip
     else:
@@ -299,7 +301,7 @@ def _size_problem(path, rows, cols, n_frames, bits, spp, length, offset, has_pix
         except OSError:
             size = 0
         if size and expected > MAX_COMPRESSION * size + (1 << 20):
-            return (f"{path}: compressed pixel data of {size} bytes cannot hold {rows} x {cols} x {n_frames} "
+            return (f"compressed pixel data of {size} bytes cannot hold {rows} x {cols} x {n_frames} "
                     f"frames ({expected} bytes decoded, > {MAX_COMPRESSION}x); the header is corrupt")  # fmt: skip
     return None
 
@@ -336,6 +338,11 @@ def _read_header(path: str):
         fh.seek(0)
         ds = pydicom.dcmread(fh, stop_before_pixels=True, specific_tags=_header_tags())
         ts = str(ds.file_meta.get("TransferSyntaxUID", "1.2.840.10008.1.2")) if hasattr(ds, "file_meta") else ""
+        if ts == DEFLATED:  # the file position is inside the deflated stream: ask pydicom whether pixels follow
+            fh.seek(0)
+            full = pydicom.dcmread(fh)
+            float_bytes = 4 if "FloatPixelData" in full else 8 if "DoubleFloatPixelData" in full else 0
+            return ds, ts, None, None, "PixelData" in full or float_bytes > 0, float_bytes
         return (ds, ts, *_pixel_element_position(fh, ds, path))
 
 
@@ -412,29 +419,31 @@ def parse_file(path: str, file_index: int = 0) -> FileHeader:
     image_type = tuple(v.upper() for v in r.strs("ImageType"))
     manufacturer = r.str("Manufacturer")
     ps = r.vec("PixelSpacing", 2)
+    problem = None
+    if ps is None and r.strs("PixelSpacing"):
+        problem = f"{path}: PixelSpacing {r.strs('PixelSpacing')} is not two finite numbers; the pixel size is unknown"
     if ps is None:
         ps = r.vec("ImagerPixelSpacing", 2)
     tiles = None  # MosaicFacts / GridFacts: several slices tiled in one image
-    problem = None
     mosaic = 0
     tile_rows, tile_cols = rows, cols
     if "MOSAIC" in image_type and n_frames == 1:
         tiles = mosaic_facts(ds, path, rows, cols, r.vec("ImagePositionPatient", 3), r.vec("ImageOrientationPatient", 6), ps)
-        problem = tiles.problem
+        problem = problem or tiles.problem
         if tiles.n_tiles > 1 and not problem:
             grid = math.ceil(math.sqrt(tiles.n_tiles))
             mosaic, tile_rows, tile_cols = tiles.n_tiles, rows // grid, cols // grid
     elif n_frames == 1:
         tiles = uih_grid(ds, path, rows, cols)
         if tiles is not None:
-            problem = tiles.problem
+            problem = problem or tiles.problem
             if not problem:
                 mosaic, tile_rows, tile_cols = len(tiles.positions), tiles.tile_rows, tiles.tile_cols
     bits_allocated = r.us("BitsAllocated", 16)
     if float_bytes:  # Float / Double Float Pixel Data: IEEE values, no rescale
         bits_allocated = 8 * float_bytes
-    problem = problem or _size_problem(path, rows, cols, n_frames, bits_allocated, r.us("SamplesPerPixel", 1), length,
-                                       offset, has_pixels, ts)  # fmt: skip
+    unreadable = _size_problem(rows, cols, n_frames, bits_allocated, r.us("SamplesPerPixel", 1), length, path,
+                               has_pixels)  # fmt: skip
     header = FileHeader(
         path=path,
         sop_instance_uid=r.str("SOPInstanceUID"),
@@ -472,10 +481,12 @@ def parse_file(path: str, file_index: int = 0) -> FileHeader:
         sop_class_uid=r.str("SOPClassUID"),
         frame_of_reference_uid=r.str("FrameOfReferenceUID"),
         problem=problem,
+        unreadable=unreadable,
         float_pixels=bool(float_bytes),
         notes=notes,
     )
-    header.frames = _frames(ds, header, file_index, tiles if mosaic else None, ps)
+    if not unreadable:  # a lying header builds no frames (NumberOfFrames = 2^31 must not become 2^31 objects)
+        header.frames = _frames(ds, header, file_index, tiles if mosaic else None, ps)
     return header
 
 

@@ -227,7 +227,9 @@ def build_series(headers: list[FileHeader], scan_findings: list[Finding]) -> lis
             if not _is_localizer(h0) and (geo[0], kind_key) in main_keys:  # same orientation and kind, other size
                 removed_findings.append(Finding("dropped_slices", f"{len(members)} frame(s) of series {series_uid} "
                                                 f"({', '.join(files[:3])}) have {h0.tile_rows}x{h0.tile_cols} pixels, "
-                                                "unlike the rest of the series: they cannot be stacked",
+                                                "unlike the rest of the series: they cannot be stacked"
+                                                + "".join(f" ({p})" for p in sorted({m[0].problem for m in members
+                                                                                     if m[0].problem})[:2]),
                                                 "warning", {"files": files}))  # fmt: skip
                 continue
             kind = "localizer_removed" if _is_localizer(h0) else "other_orientation_removed"
