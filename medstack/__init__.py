@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 from medstack.errors import (
+    ArgumentError,
     DicomError,
     FormatError,
     GeometryError,
@@ -24,6 +25,7 @@ from medstack.volume import Volume
 __version__ = "0.1.0"
 
 __all__ = [
+    "ArgumentError",
     "DicomError",
     "FormatError",
     "GeometryError",

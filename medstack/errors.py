@@ -8,6 +8,7 @@ Messages say what went wrong, where (the path), what was expected versus found, 
 from __future__ import annotations
 
 __all__ = [
+    "ArgumentError",
     "DicomError",
     "FormatError",
     "GeometryError",
@@ -44,3 +45,7 @@ class DicomError(MedstackError, ValueError):
 
 class OutputExistsError(MedstackError, FileExistsError):
     """The output path exists and overwriting was not asked for (pass ``overwrite=True``)."""
+
+
+class ArgumentError(MedstackError, ValueError):
+    """An argument or option is invalid (wrong type, unknown name, out of range): a caller's mistake, not bad data."""

@@ -40,7 +40,7 @@ from pathlib import Path
 import numpy as np
 
 from medstack import geometry
-from medstack.errors import FormatError, GeometryError, MedstackError, ReadError, UnknownFormatError
+from medstack.errors import ArgumentError, FormatError, GeometryError, MedstackError, ReadError, UnknownFormatError
 from medstack.io import _head, require_file  # _head: first bytes of a file, gzip looked through
 from medstack.volume import Volume
 
@@ -140,10 +140,10 @@ def _check_options(kind: str, path: Path, options: dict) -> dict:
     unknown = sorted(set(options) - set(allowed))
     if unknown:
         hint = f"it takes {', '.join(allowed)}" if allowed else "it takes only dtype="
-        raise MedstackError(f"{path}: option(s) {', '.join(unknown)} do not apply to a {kind} file; {hint}")
+        raise ArgumentError(f"{path}: option(s) {', '.join(unknown)} do not apply to a {kind} file; {hint}")
     merged = {**allowed, **options}
     if kind == "par/rec" and merged["scaling"] not in ("dv", "fp"):
-        raise MedstackError(f"{path}: scaling must be 'dv' (display value, as DICOM) or 'fp' (floating point), "
+        raise ArgumentError(f"{path}: scaling must be 'dv' (display value, as DICOM) or 'fp' (floating point), "
                             f"got {merged['scaling']!r}")  # fmt: skip
     return merged
 

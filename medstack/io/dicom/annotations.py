@@ -38,7 +38,7 @@ from pathlib import Path
 import numpy as np
 
 from medstack import geometry
-from medstack.errors import DicomError, GeometryError, MedstackError, OutputExistsError, ReadError
+from medstack.errors import ArgumentError, DicomError, GeometryError, OutputExistsError, ReadError
 from medstack.io.dicom._annotation_grid import (
     AXIS_NAMES,
     contour_plane,
@@ -289,7 +289,7 @@ def _reference_volume(reference, referenced_series: Sequence[str], where: Path) 
                            "position anyway", where, ", ".join(referenced_series), uid)  # fmt: skip
         return reference
     if not isinstance(reference, str | os.PathLike | list | tuple):
-        raise MedstackError(f"{where}: reference must be a medstack.Volume, a folder or a list of DICOM files, "
+        raise ArgumentError(f"{where}: reference must be a medstack.Volume, a folder or a list of DICOM files, "
                             f"got {type(reference).__name__}")  # fmt: skip
     from medstack.io.dicom import load_series
 
@@ -580,7 +580,7 @@ def _segment_names(segment_names, top: int, where: Path) -> list[str]:
         return [str(segment_names.get(v, f"label {v}")) for v in range(1, top + 1)]
     names = [str(n) for n in segment_names]
     if len(names) < top:
-        raise MedstackError(f"{where}: segment_names has {len(names)} names but the label's values go up to {top}; "
+        raise ArgumentError(f"{where}: segment_names has {len(names)} names but the label's values go up to {top}; "
                             "give one name per value 1..max (or a dict {value: name})")  # fmt: skip
     return names[:top]
 
@@ -630,7 +630,7 @@ def write_seg(label: Volume, reference_files, path, *, segment_names=None, overw
     if path.exists() and not overwrite:
         raise OutputExistsError(f"{path}: already exists; pass overwrite=True to replace it")
     if not isinstance(label, Volume):
-        raise MedstackError(f"{path}: write_seg needs a medstack.Volume label, got {type(label).__name__}")
+        raise ArgumentError(f"{path}: write_seg needs a medstack.Volume label, got {type(label).__name__}")
     import highdicom as hd
     import pydicom
     from pydicom.sr.codedict import codes
