@@ -1,21 +1,53 @@
 """The ``medstack`` command line.
 
-Errors on bad input print one line (``medstack: error: ...``) and exit with status 1; no traceback
-unless ``--debug``.
+Every error prints one line (``medstack: error: ...``) and no traceback unless ``--debug``. Exit status:
+0 success, 1 a data / file error (bad input, a failed series, nothing to convert, an unexpected error),
+2 a usage error (bad option or option value), 130 interrupted. Text that comes from files (descriptions,
+paths, messages) has its control characters escaped before printing.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
+import warnings
 
 import numpy as np
 
 import medstack
-from medstack.errors import MedstackError
+from medstack.errors import ArgumentError, FormatError, MedstackError
 
-EXIT_ERROR = 1
+EXIT_ERROR = 1  # data / file errors
+EXIT_USAGE = 2  # bad options (as argparse)
+EXIT_INTERRUPTED = 130
+
+
+class UsageError(ArgumentError):
+    """A bad command-line option value (exit status 2)."""
+
+
+def clean(text) -> str:
+    """``text`` with control / non-printable characters escaped (``\\x1b``, ``\\n``, ``\\u202e``), so text
+    read from files cannot drive the terminal."""
+    text = str(text)
+    if text.isprintable():
+        return text
+    return "".join(ch if ch.isprintable() else ascii(ch)[1:-1] for ch in text)
+
+
+def _say(*lines, err: bool = False) -> None:
+    for line in lines:
+        print(clean(line), file=sys.stderr if err else sys.stdout)
+
+
+_WARNED: set[str] = set()  # messages already printed (a finding and its DicomWarning print once)
+
+
+def _warn(text, message=None) -> None:
+    _WARNED.add(str(message if message is not None else text))
+    print("medstack: warning: " + clean(" ".join(str(text).split("\n"))), file=sys.stderr)
 
 
 def _value_range(vol) -> tuple[float, float]:
@@ -42,7 +74,7 @@ def volume_info(vol) -> dict:
 
 
 def _print_info(info: dict) -> None:
-    print(f"source       {info['source']}")
+    print(f"source       {clean(info['source'])}")
     print(f"shape        {tuple(info['shape'])}  (C, D, H, W)")
     print(f"spacing      {tuple(info['spacing_dhw_mm'])} mm  (D, H, W)")
     print(f"orientation  {info['orientation']}  (voxel axes i, j, k = w, h, d)")
@@ -60,11 +92,17 @@ def cmd_info(args) -> int:
     if Path(args.path).is_dir():
         return _info_folder(args)
     vol = medstack.load(args.path)
+    if vol.dtype.kind not in "biuf":
+        raise FormatError(f"{args.path}: voxel type {vol.dtype} (e.g. RGB) is not a scalar image; medstack "
+                          "handles numeric voxels only")  # fmt: skip
     info = volume_info(vol)
     if args.json:
         print(json.dumps(info, indent=2))
     else:
         _print_info(info)
+    for f in vol.metadata.get("findings") or []:
+        if isinstance(f, dict) and f.get("severity") in ("warning", "error"):
+            _warn(f"{f.get('kind', 'finding')}: {f.get('message', '')}", f.get("message", ""))
     return 0
 
 
@@ -74,28 +112,29 @@ def _info_folder(args) -> int:
     series = dicom.scan(args.path)
     if args.json:
         print(json.dumps([s.summary() for s in series], indent=2))
-        return 0
     if not series:
         raise medstack.DicomError(f"{args.path}: no DICOM image series found")
-    print(f"{args.path}: {len(series)} series")
+    if args.json:
+        return 0
+    _say(f"{args.path}: {len(series)} series")
     print(f"{'#':>5}  {'description':28.28}  {'mod':4}  {'files':>5}  {'shape (C, D, H, W)':22}  "
           f"{'spacing (D, H, W) mm':22}  {'orient':6}  findings")  # fmt: skip
     for s in series:
         sp = "(" + ", ".join(f"{v:.3g}" for v in s.spacing) + ")"
         kinds = ", ".join(sorted({f.kind for f in s.findings})) or "-"
         num = "-" if s.series_number is None else str(s.series_number)
-        print(f"{num:>5}  {s.description:28.28}  {s.modality:4}  {s.n_files:>5}  {s.shape!s:22}  {sp:22}  "
-              f"{s.orientation:6}  {kinds}")  # fmt: skip
+        _say(f"{num:>5}  {clean(s.description):28.28}  {clean(s.modality):4}  {s.n_files:>5}  {s.shape!s:22}  "
+             f"{sp:22}  {s.orientation:6}  {kinds}")  # fmt: skip
         if any(f.kind == "named_channels" for f in s.findings):
-            print(f"{'':7}channels: {', '.join(s.channel_names)} (select with echo= / image_type=)")
+            _say(f"{'':7}channels: {', '.join(s.channel_names)} (select with echo= / image_type=)")
         for a in s.annotations:
-            print(f"{'':7}annotation: {a.kind} {', '.join(a.names) or ''} ({a.path})")
+            _say(f"{'':7}annotation: {a.kind} {', '.join(a.names) or ''} ({a.path})")
         for f in s.findings:
             if f.severity in ("warning", "error"):
-                print(f"{'':7}{'!' if f.severity == 'warning' else 'x'} {f.message}")
-    print("uids:" if series else "")
+                _say(f"{'':7}{'!' if f.severity == 'warning' else 'x'} {f.message}")
+    _say("uids:" if series else "")
     for s in series:
-        print(f"  #{s.series_number}: {s.uid}")
+        _say(f"  #{s.series_number}: {s.uid}")
     return 0
 
 
@@ -103,49 +142,75 @@ def _triple(text: str, name: str) -> tuple[float, float, float]:
     try:
         vals = [float(v) for v in text.split(",")]
     except ValueError:
-        raise medstack.MedstackError(f"{name} must be numbers separated by commas, got {text!r}") from None
+        raise UsageError(f"{name} must be numbers separated by commas, got {text!r}") from None
     if len(vals) == 1:
         vals *= 3
     if len(vals) != 3:
-        raise medstack.MedstackError(f"{name} needs 1 or 3 values, got {text!r}")
+        raise UsageError(f"{name} needs 1 or 3 values, got {text!r}")
+    if not all(np.isfinite(v) for v in vals):
+        raise UsageError(f"{name} values must be finite numbers, got {text!r}")
     return tuple(vals)
+
+
+def _spacing(text: str) -> tuple[float, float, float]:
+    from medstack.convert import check_spacing
+
+    try:
+        return check_spacing(_triple(text, "--spacing"))
+    except MedstackError as e:
+        raise UsageError(str(e)) from None
 
 
 def cmd_convert(args) -> int:
     from pathlib import Path
 
-    from medstack.convert import FORMATS, ConvertOptions, convert
+    from medstack.convert import FORMATS, ConvertOptions, OptionError, convert
+
+    if args.workers is not None and not 1 <= args.workers <= 1024:
+        raise UsageError(f"--workers must be between 1 and 1024, got {args.workers}")
 
     fmt = args.format
     if fmt is None:
         out_name = Path(args.output).name.lower()
         fmt = next((f for f, ext in sorted(FORMATS.items(), key=lambda kv: -len(kv[1])) if out_name.endswith(ext)),
                    "nii.gz")  # fmt: skip
-    options = ConvertOptions(
-        format=fmt,
-        template=args.name,
-        series=tuple(s for s in (args.series or "").split(",") if s and s != "all"),
-        orient=args.orient,
-        spacing=_triple(args.spacing, "--spacing") if args.spacing else None,
-        interp=args.interp,
-        dtype=args.dtype,
-        on_gap=args.on_gap,
-        tilt=args.tilt,
-        keep_phi=args.keep_phi,
-        overwrite=args.overwrite,
-    )
-    progress = _Progress(dry_run=args.dry_run)
-    summary = convert(args.input, args.output, options, workers=args.workers, dry_run=args.dry_run,
-                      dask_address=args.dask, on_result=progress.update, on_plan=progress.start)  # fmt: skip
-    progress.close()
+    if args.orient is not None:
+        code = args.orient.upper()
+        axes = [{"L": 0, "R": 0, "P": 1, "A": 1, "I": 2, "S": 2}.get(c) for c in code]
+        if len(code) != 3 or None in axes or len(set(axes)) != 3:
+            raise UsageError(f"--orient must be 3 letters, one of L/R, P/A, I/S each (e.g. RAS), got {args.orient!r}")
+    try:
+        options = ConvertOptions(
+            format=fmt,
+            template=args.name,
+            series=tuple(s for s in (args.series or "").split(",") if s and s != "all"),
+            orient=args.orient.upper() if args.orient else None,
+            spacing=_spacing(args.spacing) if args.spacing else None,
+            interp=args.interp,
+            dtype=args.dtype,
+            on_gap=args.on_gap,
+            tilt=args.tilt,
+            keep_phi=args.keep_phi,
+            overwrite=args.overwrite,
+            pseudonym_key=args.pseudonym_key,
+        )
+    except OptionError as e:
+        raise UsageError(str(e)) from None
+    progress = _Progress(dry_run=args.dry_run, overwrite=args.overwrite)
+    try:
+        summary = convert(args.input, args.output, options, workers=args.workers, dry_run=args.dry_run,
+                          dask_address=args.dask, on_result=progress.update, on_plan=progress.start)  # fmt: skip
+    finally:
+        progress.close()
     return progress.report(summary)
 
 
 class _Progress:
     """tqdm bar over series with throughput; failures printed above the bar; a final summary."""
 
-    def __init__(self, dry_run: bool):
+    def __init__(self, dry_run: bool, overwrite: bool = False):
         self.dry_run = dry_run
+        self.overwrite = overwrite
         self.bar = None
         self.nbytes = 0
         self.t0 = None
@@ -164,10 +229,13 @@ class _Progress:
         import time
 
         if r.status == "planned":
-            print(f"{r.message:10}  {r.task.label:30.30}  ->  {r.task.output}")
+            _say(f"{r.message:10}  {clean(r.task.label):30.30}  ->  {r.task.output}")
             return
         if r.status == "failed":
             self._write(f"FAILED {r.task.label}: {r.message}")
+        for kind, messages in _by_kind(r.findings).items():
+            more = f" (+{len(messages) - 1} more)" if len(messages) > 1 else ""
+            self._write(f"warning: {r.task.label}: {kind}: {messages[0]}{more}")
         if self.bar is not None:
             self.nbytes += r.nbytes
             rate = self.nbytes / max(time.perf_counter() - self.t0, 1e-9) / 2**20
@@ -175,6 +243,7 @@ class _Progress:
             self.bar.update(1)
 
     def _write(self, text):
+        text = clean(text)
         if self.bar is not None:
             self.bar.write(text, file=sys.stderr)
         else:
@@ -186,13 +255,29 @@ class _Progress:
 
     def report(self, summary) -> int:
         if self.dry_run:
-            print(f"dry run: {summary.count('planned')} output(s) planned, {len(summary.failed)} problem(s)")
-            return EXIT_ERROR if summary.failed else 0
-        print(f"converted {summary.count('converted')}, skipped {summary.count('skipped')} (already complete), "
-              f"failed {len(summary.failed)}")  # fmt: skip
+            blocked = ("foreign",) if self.overwrite else ("foreign", "exists")
+            problems = summary.failed + [r for r in summary.results if r.status == "planned" and r.message in blocked]
+            _say(f"dry run: {summary.count('planned')} output(s) planned, {len(problems)} problem(s)")
+            for r in problems:
+                why = r.message if r.status == "failed" else f"{r.message}: would not be replaced"
+                _say(f"  problem: {r.task.label} -> {r.task.output}: {why}", err=True)
+            return EXIT_ERROR if problems or not summary.results else 0
+        n_warn = sum(bool(r.findings) for r in summary.results)
+        _say(f"converted {summary.count('converted')}, skipped {summary.count('skipped')} (already complete), "
+             f"failed {len(summary.failed)}" + (f", {n_warn} with warnings" if n_warn else ""))  # fmt: skip
         for r in summary.failed:
-            print(f"  failed: {r.task.label} -> {r.task.output}: {r.message}", file=sys.stderr)
+            _say(f"  failed: {r.task.label} -> {r.task.output}: {r.message}", err=True)
+        if not summary.results:
+            _say("medstack: error: nothing was converted", err=True)
+            return EXIT_ERROR
         return EXIT_ERROR if summary.failed else 0
+
+
+def _by_kind(findings) -> dict[str, list[str]]:
+    out: dict[str, list[str]] = {}
+    for kind, message in findings or ():
+        out.setdefault(kind, []).append(message)
+    return out
 
 
 def cmd_preview(args) -> int:
@@ -202,17 +287,19 @@ def cmd_preview(args) -> int:
     label = medstack.load(args.label) if args.label else None
     at = _triple(args.at, "--at") if args.at else None
     out = save_preview(vol, args.output, overwrite=args.overwrite, at=at, label=label, window=args.window)
-    print(out)
+    _say(out)
     return 0
 
 
 def cmd_prepare(args) -> int:
     from medstack.data import prepare
 
-    spacing = _triple(args.spacing, "--spacing") if args.spacing else None
+    spacing = _spacing(args.spacing) if args.spacing else None
+    if args.workers is not None and not 1 <= args.workers <= 1024:
+        raise UsageError(f"--workers must be between 1 and 1024, got {args.workers}")
     manifest = prepare(args.manifest, args.output, spacing=spacing, workers=args.workers, overwrite=args.overwrite,
                        progress=True)  # fmt: skip
-    print(manifest)
+    _say(manifest)
     return 0
 
 
@@ -220,9 +307,19 @@ def _series_arg(text):
     return int(text) if text.isdigit() else text
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line usage errors (exit 2), like every other medstack error."""
+
+    def error(self, message):
+        self.exit(EXIT_USAGE, f"medstack: error: {clean(message)} (see: {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="medstack", description="Medical images to training-ready (C, D, H, W) volumes."
+    parser = _Parser(
+        prog="medstack",
+        description="Medical images to training-ready (C, D, H, W) volumes.",
+        epilog="exit status: 0 success, 1 data or file error (bad input, failed series, nothing to convert), "
+        "2 usage error (bad option value), 130 interrupted",
     )
     parser.add_argument("--version", action="version", version=f"medstack {medstack.__version__}")
     parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
@@ -250,6 +347,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     p.add_argument("--dry-run", action="store_true", help="show what would be written, write nothing")
     p.add_argument("--keep-phi", action="store_true", help="allow patient-identifying values in names/sidecars")
+    p.add_argument("--pseudonym-key", metavar="KEY", help="key of the {patient}/{study_date} pseudonyms (default: env "
+                   "MEDSTACK_PSEUDONYM_KEY, else a random secret kept in OUTPUT/.medstack_secret)")  # fmt: skip
     p.add_argument("--dask", metavar="ADDRESS", help="run the tasks on an existing Dask cluster (scheduler address)")
     p.set_defaults(func=cmd_convert)
 
@@ -273,22 +372,69 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _error_line(e: BaseException) -> str:
+    lines = [ln for ln in str(e).strip().splitlines() if ln.strip()]
+    text = lines[0] if lines else repr(e)
+    if isinstance(e, MemoryError):
+        text = "out of memory" + (f" ({text})" if lines else "") + "; try a coarser --spacing or fewer --workers"
+    elif isinstance(e, KeyError):
+        text = f"missing key {text}"
+    if not isinstance(e, MedstackError):
+        if isinstance(e, OSError) and e.filename is not None and str(e.filename) not in text:
+            text = f"{e.filename}: {text}"
+    return f"medstack: error: {type(e).__name__}: {clean(text)}"
+
+
+def _exit_code(e: BaseException) -> int:
+    from medstack.convert import OptionError
+
+    return EXIT_USAGE if isinstance(e, (UsageError, OptionError)) else EXIT_ERROR
+
+
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_help()
         return EXIT_ERROR
-    try:
+    if args.debug:
         return int(args.func(args) or 0)
-    except MedstackError as e:
-        if args.debug:
-            raise
-        print(f"medstack: error: {type(e).__name__}: {e}".splitlines()[0], file=sys.stderr)
-        return EXIT_ERROR
-    except KeyboardInterrupt:
-        print("medstack: interrupted", file=sys.stderr)
-        return 130
+    _WARNED.clear()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            code = int(args.func(args) or 0)
+        except KeyboardInterrupt:
+            print("medstack: interrupted", file=sys.stderr)
+            return EXIT_INTERRUPTED
+        except RecursionError as e:
+            print(f"medstack: error: RecursionError: input nested too deeply ({clean(e)})", file=sys.stderr)
+            return EXIT_ERROR
+        except BrokenPipeError:  # output piped into e.g. head: stop quietly
+            try:
+                os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            except (OSError, ValueError, AttributeError):
+                pass
+            return EXIT_ERROR
+        except Exception as e:  # every error is one line (warnings before it are not printed); --debug: traceback
+            print(_error_line(e), file=sys.stderr)
+            return _exit_code(e)
+        _print_warnings(caught)
+    return code
+
+
+def _print_warnings(caught, limit: int = 20) -> None:
+    seen = []
+    for w in caught:
+        if issubclass(w.category, (DeprecationWarning, PendingDeprecationWarning, ResourceWarning)):
+            continue
+        text = f"{w.category.__name__}: {w.message}"
+        if text not in seen and str(w.message) not in _WARNED:
+            seen.append(text)
+    for text in seen[:limit]:
+        _warn(text)
+    if len(seen) > limit:
+        _warn(f"... and {len(seen) - limit} more warning(s)")
 
 
 if __name__ == "__main__":
