@@ -189,6 +189,7 @@ def cmd_convert(args) -> int:
             interp=args.interp,
             dtype=args.dtype,
             on_gap=args.on_gap,
+            on_unreadable=args.on_unreadable,
             tilt=args.tilt,
             keep_phi=args.keep_phi,
             overwrite=args.overwrite,
@@ -342,6 +343,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--interp", choices=["linear", "nearest"], default="linear", help="interpolation for --spacing")
     p.add_argument("--dtype", help="output dtype, e.g. float32 or int16")
     p.add_argument("--on-gap", choices=["error", "warn", "resample", "split"], default="error")
+    p.add_argument("--on-unreadable", choices=["error", "drop"], default="error",
+                   help="a file of a series that cannot be read (truncated, other Rows/Columns): fail the series "
+                        "(default) or convert without it, recording a finding")  # fmt: skip
     p.add_argument("--tilt", choices=["resample", "shear"], default="resample")
     p.add_argument("--workers", type=int, help="processes (default: all cores)")
     p.add_argument("--overwrite", action="store_true", help="replace existing outputs")

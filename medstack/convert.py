@@ -75,6 +75,7 @@ class ConvertOptions:
     interp: str = "linear"
     dtype: str | None = None
     on_gap: str = "error"
+    on_unreadable: str = "error"
     tilt: str = "resample"
     keep_phi: bool = False
     overwrite: bool = False
@@ -143,6 +144,8 @@ class Task:
             recorded.pop("on_gap")
         if "tilt" not in kinds:
             recorded.pop("tilt")
+        if not kinds & {"unreadable_file", "dropped_slices"}:
+            recorded.pop("on_unreadable", None)
         recorded.pop("series")  # the selection does not change an output
         blob = json.dumps([self.key, n, recorded], sort_keys=True, default=str)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
@@ -732,7 +735,8 @@ def _load(task: Task, options: ConvertOptions):
     from medstack.io import dicom
 
     if task.kind == "dicom":
-        return dicom.load_series(task.payload, on_gap=options.on_gap, tilt=options.tilt)
+        return dicom.load_series(task.payload, on_gap=options.on_gap, tilt=options.tilt,
+                                 on_unreadable=options.on_unreadable)
     return medstack.load(task.payload)
 
 

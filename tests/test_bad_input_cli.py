@@ -449,3 +449,16 @@ def test_prepare_into_unusable_folder_real(capsys, tmp_path):
     blocker.write_text("x")
     code, _, se = run(capsys, "prepare", tmp_path / "m.csv", blocker / "sub", "--workers", 1)
     assert code == 1 and one_error_line(se) and len(se.strip().splitlines()) == 1
+
+
+def test_truncated_slice_fails_the_series_unless_dropped_and_the_drop_is_printed(capsys, tmp_path):
+    src = dicom(tmp_path / "in")
+    files = sorted(src.rglob("*.dcm"))
+    files[-1].write_bytes(files[-1].read_bytes()[:-50])
+    code, out, err = run(capsys, "convert", src, tmp_path / "out")
+    assert code == 1 and "on_unreadable" in out + err and "Traceback" not in out + err
+    assert not list((tmp_path / "out").rglob("*.nii.gz"))  # never the shorter volume, silently
+    code, out, err = run(capsys, "convert", src, tmp_path / "out2", "--on-unreadable", "drop")
+    assert code == 0 and "unreadable" in out + err
+    (nii,) = list((tmp_path / "out2").rglob("*.nii.gz"))
+    assert medstack.load(nii).shape[1] == len(files) - 1
