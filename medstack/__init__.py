@@ -16,6 +16,7 @@ from medstack.errors import (
     OutputExistsError,
     ReadError,
     UnknownFormatError,
+    WriteError,
 )
 from medstack.io import load, save
 from medstack.resample import resample  # the function shadows the submodule name on purpose
@@ -34,6 +35,7 @@ __all__ = [
     "ReadError",
     "UnknownFormatError",
     "Volume",
+    "WriteError",
     "__version__",
     "load",
     "resample",

@@ -16,6 +16,7 @@ __all__ = [
     "OutputExistsError",
     "ReadError",
     "UnknownFormatError",
+    "WriteError",
 ]
 
 
@@ -49,3 +50,7 @@ class OutputExistsError(MedstackError, FileExistsError):
 
 class ArgumentError(MedstackError, ValueError):
     """An argument or option is invalid (wrong type, unknown name, out of range): a caller's mistake, not bad data."""
+
+
+class WriteError(MedstackError, OSError):
+    """An output could not be written (no space left, I/O error while writing); nothing partial is left behind."""

@@ -11,7 +11,6 @@ each worker process (never shared across fork). Items are plain dicts of tensors
 
 from __future__ import annotations
 
-import json
 import threading
 from collections import OrderedDict
 from collections.abc import Sequence
@@ -20,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from medstack import geometry
-from medstack.errors import MedstackError
+from medstack.errors import FormatError, GeometryError, ReadError
 from medstack.patches.reading import read_patch
 from medstack.patches.samplers import CaseInfo, PatchSampler, _size3
 from medstack.volume import Volume
@@ -30,8 +29,32 @@ __all__ = ["CaseGroupedSampler", "CaseStore", "PatchDataset", "QueueDataset", "V
 _CASE_LOCK = threading.Lock()  # CaseStore.case from several PatchLoader threads opens each case once
 
 
+#: Purposes of the random streams: each purpose has its own constant, so no two purposes share a stream
+#: (before, the case order of CaseGroupedSampler was item 0's stream and PatchLoader's shuffle item 24301's).
+STREAM_ITEM = 0x6D73_0001  # an item's patch position (PatchDataset, QueueDataset)
+STREAM_CASE_ORDER = 0x6D73_0002  # CaseGroupedSampler's case permutation
+STREAM_SHUFFLE = 0x6D73_0003  # PatchLoader's index permutation
+
+
+def stream(seed: int, epoch: int, purpose: int, index: int = 0) -> np.random.Generator:
+    """The random stream of ``purpose`` (a ``STREAM_*`` constant) for ``(seed, epoch, index)``.
+
+    Every field is encoded as exactly two 32-bit words before SeedSequence mixing (which would otherwise treat
+    ``[a, b]`` and ``[a, b, 0]`` alike), so distinct ``(purpose, seed, epoch, index)`` give independent streams.
+    ``seed`` is taken modulo 2**64; ``epoch`` may be -1."""
+    words = []
+    for what, v in (("purpose", purpose), ("seed", int(seed) & 0xFFFF_FFFF_FFFF_FFFF), ("epoch", int(epoch) + 1),
+                    ("index", index)):  # fmt: skip
+        v = int(v)
+        if not 0 <= v < 1 << 64:
+            raise FormatError(f"random stream {what} must be in [0, 2**64), got {v}")
+        words += [v & 0xFFFF_FFFF, v >> 32]
+    return np.random.default_rng(np.random.SeedSequence(np.array(words, dtype=np.uint32)))
+
+
 def _rng(seed: int, epoch: int, index: int) -> np.random.Generator:
-    return np.random.default_rng([int(seed), int(epoch) + 1, int(index)])
+    """Item ``index``'s stream (its patch position)."""
+    return stream(seed, epoch, STREAM_ITEM, index)
 
 
 class _SharedEpoch:
@@ -55,32 +78,55 @@ class _SharedEpoch:
         self.epoch = int(epoch)
 
 
+def _class_value(name: str, path) -> int:
+    """The label value of a ``/sampling/class_<v>`` dataset name (FormatError otherwise)."""
+    head, _, tail = name.partition("_")
+    if head != "class" or not tail.isdigit():
+        raise FormatError(f"{path}: /sampling/{name}: expected datasets named class_<label value>")
+    return int(tail)
+
+
+def _check_sampling(ds, n_voxels: int, path) -> None:
+    """A sampling list is stored in its file, (n, 3) integers with n at most the volume's voxel count."""
+    from medstack.io._direct import check_local_storage
+    from medstack.io.store import check_read_size
+
+    check_local_storage(ds, str(path))
+    if len(ds.shape) != 2 or ds.shape[1] != 3 or ds.dtype.kind not in "iu":
+        raise FormatError(f"{path}: {ds.name} has shape {ds.shape} / dtype {ds.dtype}; expected (n, 3) integers")
+    if ds.shape[0] > n_voxels:
+        raise FormatError(f"{path}: {ds.name} lists {ds.shape[0]} voxels, more than the volume's {n_voxels}")
+    check_read_size(ds.shape, ds.dtype, f"{path}:{ds.name}")
+
+
 class CaseStore:
     """The prepared cases of ``medstack.data.prepare`` (a folder with manifest.json, the manifest itself, or a
     list of case .h5 files). Opens files lazily, once per process."""
 
     def __init__(self, source):
+        from medstack.data.prepare import load_manifest
+
         paths = []
         if isinstance(source, str | Path) and not Path(source).exists():
-            raise MedstackError(f"{source}: no such store (a folder made by medstack.data.prepare, its "
-                                "manifest.json, or case .h5 files)")  # fmt: skip
+            raise ReadError(f"{source}: no such store (a folder made by medstack.data.prepare, its "
+                            "manifest.json, or case .h5 files)")  # fmt: skip
         if isinstance(source, str | Path) and Path(source).is_dir():
             source = Path(source) / "manifest.json"
         if isinstance(source, str | Path) and str(source).endswith(".json"):
             manifest = Path(source)
             if not manifest.exists():
-                raise MedstackError(f"{manifest}: no manifest; run medstack.data.prepare first")
-            entries = json.loads(manifest.read_text())["cases"]
+                raise ReadError(f"{manifest}: no manifest; run medstack.data.prepare first")
+            entries = load_manifest(manifest)  # typed errors naming the file and field; plain file names only
             paths = [manifest.parent / e["file"] for e in entries]
             self.ids = [e["id"] for e in entries]
         else:
             paths = [Path(p) for p in ([source] if isinstance(source, str | Path) else source)]
             self.ids = [p.stem for p in paths]
         if not paths:
-            raise MedstackError("CaseStore: no cases")
+            raise FormatError(f"{source}: CaseStore: no cases")
         for p in paths:
             if not p.exists():
-                raise MedstackError(f"{p}: case file missing (re-run prepare)")
+                raise ReadError(f"{p}: case file missing (re-run prepare)")
         self.paths = [str(p) for p in paths]
         self._open: dict[int, tuple] = {}
 
@@ -106,17 +152,34 @@ class CaseStore:
 
         from medstack.io.store import read_h5
 
-        image = read_h5(self.paths[i], name="image", lazy=True)
-        with h5py.File(self.paths[i], "r") as f:
+        path = self.paths[i]
+        image = read_h5(path, name="image", lazy=True)
+        n_voxels = int(np.prod(image.spatial_shape, dtype=object))
+        try:
+            f = h5py.File(path, "r")
+        except OSError as e:
+            raise ReadError(f"{path}: cannot open the case file ({e})") from e
+        with f:
             has_label = "label" in f["volumes"]
             voxels, bg = {}, None
-            if "sampling" in f:
-                for name, ds in f["sampling"].items():
-                    v = int(name.split("_")[1])
+            sampling = f.get("sampling")
+            if sampling is not None:
+                if not isinstance(sampling, h5py.Group) or sampling.file.filename != f.filename:
+                    raise FormatError(f"{path}: /sampling is not a group of this file")
+                for name in sampling:
+                    v = _class_value(name, path)
+                    ds = sampling.get(name)
+                    if not isinstance(ds, h5py.Dataset) or ds.file.filename != f.filename:
+                        raise FormatError(f"{path}: /sampling/{name} is not a dataset of this file")
+                    _check_sampling(ds, n_voxels, path)
+                    try:
+                        coords = ds[()]
+                    except (OSError, RuntimeError) as e:
+                        raise ReadError(f"{path}: cannot read /sampling/{name} ({e})") from e
                     if v == 0:
-                        bg = ds[()]
+                        bg = coords
                     else:
-                        voxels[v] = ds[()]
+                        voxels[v] = coords
         label = read_h5(self.paths[i], name="label", lazy=True) if has_label else None
         info = CaseInfo(image.spatial_shape, voxels, bg)
         self._open = {k: v for k, v in self._open.items() if k[1] == os.getpid()}
@@ -170,13 +233,13 @@ class PatchDataset(_SharedEpoch):
                  transform=None, seed: int = 0, pad_value: float = 0.0):  # fmt: skip
         self.store = store if isinstance(store, CaseStore) else CaseStore(store)
         if not isinstance(sampler, PatchSampler):
-            raise MedstackError(f"sampler must be a medstack PatchSampler, got {type(sampler).__name__}")
+            raise FormatError(f"sampler must be a medstack PatchSampler, got {type(sampler).__name__}")
         self.sampler = sampler
         self.patch_size = sampler.patch_size if patch_size is None else _size3(patch_size)
         if not np.array_equal(self.patch_size, sampler.patch_size):
-            raise MedstackError(f"patch_size {tuple(self.patch_size)} differs from the sampler's {tuple(sampler.patch_size)}")
+            raise GeometryError(f"patch_size {tuple(self.patch_size)} differs from the sampler's {tuple(sampler.patch_size)}")
         if samples_per_volume < 1:
-            raise MedstackError("samples_per_volume must be >= 1")
+            raise FormatError(f"samples_per_volume must be >= 1, got {samples_per_volume}")
         self.samples_per_volume = int(samples_per_volume)
         self.transform, self.seed, self.pad_value = transform, int(seed), pad_value
         self.epoch = 0
@@ -225,7 +288,7 @@ class CaseGroupedSampler:
         self.epoch = int(epoch)
 
     def _cases(self):
-        order = _rng(self.seed, self.epoch, 0).permutation(self.dataset.n_cases)
+        order = stream(self.seed, self.epoch, STREAM_CASE_ORDER).permutation(self.dataset.n_cases)
         return order[self.rank :: self.num_replicas]
 
     def __iter__(self):

@@ -11,7 +11,7 @@ from collections import deque
 import numpy as np
 
 from medstack import geometry
-from medstack.errors import MedstackError
+from medstack.errors import FormatError
 from medstack.patches.reading import read_patch_into
 from medstack.resample import _torch_dtype
 
@@ -55,15 +55,15 @@ class PatchLoader:
         from medstack.data.datasets import PatchDataset
 
         if not isinstance(dataset, PatchDataset):
-            raise MedstackError(f"PatchLoader needs a medstack PatchDataset, got {type(dataset).__name__} "
+            raise FormatError(f"PatchLoader needs a medstack PatchDataset, got {type(dataset).__name__} "
                                 "(use make_loader for other datasets)")  # fmt: skip
         if batch_size < 1:
-            raise MedstackError(f"batch_size must be >= 1, got {batch_size}")
+            raise FormatError(f"batch_size must be >= 1, got {batch_size}")
         self.dataset, self.batch_size, self.shuffle, self.sampler = dataset, int(batch_size), shuffle, sampler
         self.seed, self.drop_last = int(seed), bool(drop_last)
         self.num_threads = int(num_threads) if num_threads else max(1, min(4, os.cpu_count() or 1))
         if self.num_threads < 1:
-            raise MedstackError(f"num_threads must be >= 1, got {num_threads}")
+            raise FormatError(f"num_threads must be >= 1, got {num_threads}")
         self.prefetch = int(prefetch) if prefetch else 2 * self.num_threads
         self.pin_memory = torch.cuda.is_available() if pin_memory is None else bool(pin_memory)
         self._pool = None
@@ -82,7 +82,9 @@ class PatchLoader:
         n = len(self.dataset)
         if not self.shuffle:
             return list(range(n))
-        return np.random.default_rng([self.seed, self.dataset.epoch + 1, 0x5EED]).permutation(n).tolist()
+        from medstack.data.datasets import STREAM_SHUFFLE, stream
+
+        return stream(self.seed, self.dataset.epoch, STREAM_SHUFFLE).permutation(n).tolist()
 
     def __len__(self) -> int:
         n = len(self.sampler) if self.sampler is not None else len(self.dataset)
@@ -102,7 +104,7 @@ class PatchLoader:
         first_img, first_lab = cases[0][0], cases[0][1]
         for (c, _), (img, lab, _) in zip(located, cases):
             if img.shape[0] != first_img.shape[0] or (lab is None) != (first_lab is None):
-                raise MedstackError(f"case {ds.store.ids[c]} has {img.shape[0]} channel(s)"
+                raise FormatError(f"case {ds.store.ids[c]} has {img.shape[0]} channel(s)"
                                     f"{'' if lab is not None else ' and no label'}; batch cases must match "
                                     f"case {ds.store.ids[located[0][0]]}")  # fmt: skip
 

@@ -24,12 +24,113 @@ from pathlib import Path
 import numpy as np
 
 import medstack
-from medstack.errors import MedstackError
-from medstack.io._atomic import atomic_output
+from medstack.errors import DicomError, FormatError, MedstackError, OutputExistsError, ReadError
+from medstack.io._atomic import WriteError, atomic_output, check_free_space
 from medstack.io.store import metadata_json
 
 MANIFEST = "manifest.json"
+MANIFEST_FORMAT = "medstack-cases"
 logger = logging.getLogger(__name__)
+_MAX_NAME_BYTES = 250  # a file name is at most 255 bytes on common filesystems; the id gets ".h5"
+
+
+def check_case_id(case_id, where: str) -> str:
+    """``case_id`` when it is usable as a file name inside the store: a non-empty string without path separators,
+    not ``.`` / ``..``, not absolute, without NUL or other control characters, at most 250 bytes (UTF-8).
+    Otherwise FormatError naming ``where`` (the case) and the field ``id``."""
+    if not isinstance(case_id, str):
+        raise FormatError(f"{where}: field 'id' must be a string, got {type(case_id).__name__} {case_id!r}")
+    problem = None
+    if not case_id.strip():
+        problem = "is empty"
+    elif case_id in (".", ".."):
+        problem = "is '.' or '..'"
+    elif any(sep in case_id for sep in ("/", "\\", os.sep, os.altsep or "/")):
+        problem = "contains a path separator"
+    elif any(ord(ch) < 32 or ord(ch) == 127 for ch in case_id):
+        problem = "contains a NUL or control character"
+    elif os.path.isabs(case_id) or Path(case_id).drive:
+        problem = "is an absolute path"
+    elif len(case_id.encode("utf-8", errors="surrogatepass")) > _MAX_NAME_BYTES:
+        problem = f"is longer than {_MAX_NAME_BYTES} bytes"
+    if problem:
+        raise FormatError(f"{where}: field 'id' {case_id!r} {problem}; a case id becomes the file name "
+                          "<id>.h5 inside the store, so it must be a plain name")  # fmt: skip
+    return case_id
+
+
+def _check_file_name(name, where: str) -> str:
+    """A manifest's ``file`` field: a plain file name inside the store folder (FormatError otherwise)."""
+    if not isinstance(name, str):
+        raise FormatError(f"{where}: field 'file' must be a string, got {type(name).__name__} {name!r}")
+    try:
+        check_case_id(name, where)
+    except FormatError as e:
+        raise FormatError(str(e).replace("field 'id'", "field 'file'", 1)) from None
+    return name
+
+
+def load_manifest(path) -> list[dict]:
+    """The case entries of a store's ``manifest.json`` (written by :func:`prepare`), validated: a JSON object
+    with a ``cases`` list whose entries have a valid ``id`` and a plain ``file`` name inside the store.
+    Raises ReadError (unreadable) or FormatError naming the file and the field."""
+    path = Path(path)
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise FormatError(f"{path}: manifest is not UTF-8 text ({e})") from e
+    except OSError as e:
+        raise ReadError(f"{path}: cannot read the manifest ({e.strerror or e})") from e
+    try:
+        data = json.loads(text)
+    except ValueError as e:
+        raise FormatError(f"{path}: manifest is not valid JSON ({e})") from e
+    if not isinstance(data, dict):
+        raise FormatError(f"{path}: manifest is JSON {type(data).__name__}, expected an object with a 'cases' list")
+    if data.get("format", MANIFEST_FORMAT) != MANIFEST_FORMAT:
+        raise FormatError(f"{path}: field 'format' is {data.get('format')!r}, expected {MANIFEST_FORMAT!r}")
+    cases = data.get("cases")
+    if not isinstance(cases, list):
+        raise FormatError(f"{path}: field 'cases' is {'missing' if cases is None else type(cases).__name__}, "
+                          "expected a list of case entries")  # fmt: skip
+    ids = set()
+    for n, e in enumerate(cases):
+        where = f"{path}: cases[{n}]"
+        if not isinstance(e, dict):
+            raise FormatError(f"{where} is JSON {type(e).__name__}, expected an object with 'id' and 'file'")
+        for field in ("id", "file"):
+            if field not in e:
+                raise FormatError(f"{where}: field {field!r} is missing")
+        check_case_id(e["id"], where)
+        _check_file_name(e["file"], where)
+        if e["id"] in ids:
+            raise FormatError(f"{where}: field 'id' {e['id']!r} is repeated")
+        ids.add(e["id"])
+    return cases
+
+
+def is_case_file(path, case_id: str) -> bool:
+    """Whether ``path`` is a case file medstack's :func:`prepare` wrote for ``case_id`` (the HDF5 format attribute
+    medstack writes, and the image metadata naming the case). Anything else is foreign and never replaced."""
+    import h5py
+
+    from medstack.io.store import is_medstack_file
+
+    path = Path(path)
+    if path.is_symlink() or not path.is_file():
+        return False
+    try:
+        with h5py.File(path, "r") as f:
+            if not is_medstack_file(f):
+                return False
+            g = f.get("volumes/image")
+            raw = None if g is None else g.attrs.get("metadata")
+            if isinstance(raw, bytes):
+                raw = raw.decode("utf-8", errors="replace")
+            meta = json.loads(raw) if isinstance(raw, str) else None
+            return isinstance(meta, dict) and meta.get("case_id") == case_id
+    except (OSError, ValueError, TypeError, KeyError):
+        return False
 
 
 def read_cases(cases) -> list[dict]:
@@ -44,36 +145,69 @@ def read_cases(cases) -> list[dict]:
         path = Path(cases)
         if not path.exists():
             raise medstack.ReadError(f"{path}: no such manifest")
-        if path.suffix.lower() == ".json":
-            data = json.loads(path.read_text())
-            rows = data["cases"] if isinstance(data, dict) else data
-        elif path.suffix.lower() == ".csv":
-            with open(path, newline="") as f:
-                rows = list(csv.DictReader(f))
-        else:
-            raise MedstackError(f"{path}: manifest must be .csv or .json")
+        src = str(path)
+        try:
+            if path.suffix.lower() == ".json":
+                try:
+                    data = json.loads(path.read_bytes().decode("utf-8"))
+                except ValueError as e:  # JSONDecodeError, UnicodeDecodeError
+                    raise FormatError(f"{path}: case list is not valid JSON ({e})") from e
+                rows = data.get("cases") if isinstance(data, dict) else data
+                if not isinstance(rows, list):
+                    raise FormatError(f"{path}: field 'cases' must be a list of cases (or the file a JSON list), "
+                                      f"got {type(rows).__name__}")  # fmt: skip
+            elif path.suffix.lower() == ".csv":
+                try:
+                    with open(path, newline="", encoding="utf-8") as f:
+                        rows = list(csv.DictReader(f))
+                except (UnicodeDecodeError, csv.Error) as e:
+                    raise FormatError(f"{path}: not a readable CSV case list ({e})") from e
+            else:
+                raise FormatError(f"{path}: manifest must be .csv or .json")
+        except OSError as e:
+            if isinstance(e, MedstackError):
+                raise
+            raise ReadError(f"{path}: cannot read the case list ({e.strerror or e})") from e
         base = path.parent
     else:
-        rows, base = list(cases), Path.cwd()
+        src = "cases"
+        try:
+            rows, base = list(cases), Path.cwd()
+        except TypeError as e:
+            raise FormatError(f"cases must be a list of dicts or a CSV / JSON path, got {type(cases).__name__}") from e
+    from_csv = src.lower().endswith(".csv")  # an empty CSV cell means "no id given"
     out = []
     for n, row in enumerate(rows):
+        where = f"{src}: case {n}"
+        if not isinstance(row, dict):
+            raise FormatError(f"{where} is a {type(row).__name__}, expected a mapping with 'image' (and 'id', 'label')")
         if "image" not in row or not row["image"]:
-            raise MedstackError(f"case {n}: no 'image' entry")
-        images = row["image"] if isinstance(row["image"], list | tuple) else str(row["image"]).split(";")
-        images = [_resolve(p, base) for p in images]
+            raise FormatError(f"{where}: field 'image' is missing or empty")
+        try:
+            images = row["image"] if isinstance(row["image"], list | tuple) else str(row["image"]).split(";")
+            images = [_resolve(p, base) for p in images]
+        except TypeError as e:
+            raise FormatError(f"{where}: field 'image' is not a path or a list of paths ({e})") from e
         label = row.get("label") or None
+        if label is not None and not isinstance(label, str | os.PathLike):
+            raise FormatError(f"{where}: field 'label' must be a path, got {type(label).__name__}")
         if label is not None and not Path(label).is_absolute():
             label = str(base / label)
         if any(isinstance(p, list) and not p for p in images):
-            raise MedstackError(f"case {n}: an 'image' entry is an empty list of files")
+            raise FormatError(f"{where}: field 'image' holds an empty list of files")
         first = images[0]  # default id: the file name, or the folder of a list of DICOM files
-        case_id = str(row.get("id") or (Path(first[0]).parent.name if isinstance(first, list)
-                                        else Path(first).name.split(".")[0]))  # fmt: skip
+        if not from_csv and isinstance(row.get("id"), str) and not row["id"]:
+            raise FormatError(f"{where}: field 'id' '' is empty; leave it out for the default (the image's name)")
+        case_id = row.get("id") or (Path(first[0]).parent.name if isinstance(first, list)
+                                    else Path(first).name.split(".")[0])  # fmt: skip
+        if isinstance(case_id, int | np.integer) and not isinstance(case_id, bool):
+            case_id = str(case_id)
+        check_case_id(case_id, where)
         out.append({"id": case_id, "image": images, "label": label})
     ids = [c["id"] for c in out]
     dup = {i for i in ids if ids.count(i) > 1}
     if dup:
-        raise MedstackError(f"case ids must be unique; repeated: {sorted(dup)}")
+        raise FormatError(f"{src}: case ids must be unique; repeated: {sorted(dup)}")
     return out
 
 
@@ -81,6 +215,8 @@ def _resolve(source, base: Path):
     """A channel source made absolute: a path, or a list of DICOM files (one series)."""
     if isinstance(source, list | tuple):
         return [_resolve(p, base) for p in source]
+    if not isinstance(source, str | os.PathLike):
+        raise TypeError(f"{source!r} is a {type(source).__name__}")
     return str(source if Path(source).is_absolute() else base / source)
 
 
@@ -138,12 +274,10 @@ def _load_label(path, image):
 
 
 def _prepare_one(case: dict, out_dir: str, spacing, max_per_class: int, overwrite: bool) -> dict:
-    import h5py
-
-    from medstack.io.store import FORMAT, FORMAT_VERSION, _chunks_for
-    from medstack.patches.samplers import class_voxel_lists
-
+    check_case_id(case["id"], f"case {case['id']!r}")
     target = Path(out_dir) / f"{case['id']}.h5"
+    if target.parent != Path(out_dir) or target.name != f"{case['id']}.h5":
+        raise FormatError(f"case {case['id']!r}: field 'id' does not name a file inside {out_dir}")
     vols = [medstack.load(p) for p in case["image"]]
     ref = vols[0]
     original = {"affine": np.asarray(ref.affine).tolist(), "shape": list(ref.spatial_shape)}
@@ -157,21 +291,47 @@ def _prepare_one(case: dict, out_dir: str, spacing, max_per_class: int, overwrit
     if case["label"]:
         lab = _load_label(case["label"], vols[0])
         if lab.n_channels != 1:
-            raise MedstackError(f"{case['label']}: label must have one channel, has {lab.n_channels}")
+            raise FormatError(f"{case['label']}: label must have one channel, has {lab.n_channels}")
         if lab.spatial_shape != image.spatial_shape or not np.allclose(lab.affine, image.affine, atol=1e-4):
             lab = medstack.resample(lab, like=image, mode="nearest", is_label=True)
         data = lab.to_numpy()
         if data.dtype.kind == "f":
             if not np.array_equal(data, np.round(data)):
-                raise MedstackError(f"{case['label']}: label map holds non-integer values")
+                raise FormatError(f"{case['label']}: label map holds non-integer values")
         if data.min() < 0:
-            raise MedstackError(f"{case['label']}: label map holds negative values")
+            raise FormatError(f"{case['label']}: label map holds negative values")
         label = data.astype(np.uint8 if data.max() < 256 else np.uint16)
     img = image.to_numpy()
     meta = {"case_id": case["id"], "sources": case["image"], "label_source": case["label"], "original_grid": original}
     entry = {"id": case["id"], "file": target.name, "shape": list(img.shape), "spacing": list(image.spacing),
              "dtype": str(img.dtype), "sources": case["image"], "label": case["label"], "original_grid": original}  # fmt: skip
-    with atomic_output(target, overwrite=overwrite) as tmp, h5py.File(tmp, "w") as f:
+    # Never replace a file medstack did not write for this case (a foreign <id>.h5 in the folder), even with
+    # overwrite; our own file of this case is rewritten (overwrite, or a run killed before its manifest entry).
+    # A file appearing after this check is not replaced either: publishing without overwrite fails if it exists.
+    if target.exists() or target.is_symlink():
+        if not is_case_file(target, case["id"]):
+            raise OutputExistsError(f"{target}: exists and is not a case file medstack prepare wrote for case "
+                                    f"{case['id']!r}; not replaced (move it away or choose another id)")  # fmt: skip
+        replace = True
+    else:
+        replace = False
+    check_free_space(target, img.nbytes + (label.nbytes if label is not None else 0))
+    try:
+        _write_case(target, replace, image, img, label, meta, entry, case, max_per_class)
+    except MedstackError:
+        raise
+    except OSError as e:
+        raise WriteError(e.errno, f"{target}: writing the case file failed ({e}); nothing was written") from e
+    return entry
+
+
+def _write_case(target, replace, image, img, label, meta, entry, case, max_per_class):
+    import h5py
+
+    from medstack.io.store import FORMAT, FORMAT_VERSION, _chunks_for
+    from medstack.patches.samplers import class_voxel_lists
+
+    with atomic_output(target, overwrite=replace) as tmp, h5py.File(tmp, "w") as f:
         f.attrs["medstack_format"] = FORMAT
         f.attrs["medstack_format_version"] = FORMAT_VERSION
         g = f.create_group("volumes")
@@ -191,7 +351,6 @@ def _prepare_one(case: dict, out_dir: str, spacing, max_per_class: int, overwrit
             s.attrs["counts"] = json.dumps(counts)
             s.attrs["boxes"] = json.dumps(boxes)
             entry["classes"] = {str(k): v for k, v in counts.items()}
-    return entry
 
 
 def _run(args):
@@ -199,7 +358,7 @@ def _run(args):
     try:
         return _prepare_one(case, out_dir, spacing, max_per_class, overwrite), None
     except (MedstackError, OSError, ValueError) as e:
-        return None, f"{case['id']}: {type(e).__name__}: {e}".splitlines()[0]
+        return None, (type(e), f"{case['id']}: {type(e).__name__}: {e}".splitlines()[0])
 
 
 def prepare(cases, out_dir, *, spacing: Sequence[float] | float | None = None, workers: int | None = None,
@@ -227,25 +386,26 @@ def prepare(cases, out_dir, *, spacing: Sequence[float] | float | None = None, w
     rows = read_cases(cases)
     manifest_path = out / MANIFEST
     done = {}
-    if manifest_path.exists():
-        for e in json.loads(manifest_path.read_text()).get("cases", []):
+    if manifest_path.exists() or manifest_path.is_symlink():  # a corrupt or foreign manifest is an error, not replaced
+        for e in load_manifest(manifest_path):
             if (out / e["file"]).exists():
                 done[e["id"]] = e
     todo = [c for c in rows if overwrite or c["id"] not in done]
     sp = None if spacing is None else tuple(np.broadcast_to(np.asarray(spacing, float), (3,)).tolist())
-    jobs = [(c, str(out), sp, max_per_class, overwrite or (out / f"{c['id']}.h5").exists()) for c in todo]
+    jobs = [(c, str(out), sp, max_per_class, overwrite) for c in todo]
     n_workers = max(1, os.cpu_count() or 1) if workers is None else max(1, int(workers))
     bar = None
     if progress:
         from tqdm import tqdm
 
         bar = tqdm(total=len(jobs), unit="case", desc="prepare")
-    failures = []
+    failures, kinds = [], set()
 
     def collect(result):
         entry, err = result
         if err:
-            failures.append(err)
+            failures.append(err[1])
+            kinds.add(err[0])
         else:
             done[entry["id"]] = entry
             _write_manifest(manifest_path, rows, done)
@@ -263,7 +423,11 @@ def prepare(cases, out_dir, *, spacing: Sequence[float] | float | None = None, w
         bar.close()
     _write_manifest(manifest_path, rows, done)
     if failures:
-        raise MedstackError(f"prepare: {len(failures)} case(s) failed: " + "; ".join(failures))
+        msg = f"prepare: {len(failures)} case(s) failed: " + "; ".join(failures)
+        kind = next(iter(kinds)) if len(kinds) == 1 else None
+        if kind in (FormatError, ReadError, OutputExistsError, DicomError, WriteError):
+            raise kind(msg)
+        raise (ReadError if all(issubclass(k, OSError) for k in kinds) else FormatError)(msg)
     return manifest_path
 
 
@@ -290,8 +454,19 @@ def to_original_grid(volume, case, *, mode: str = "nearest"):
 
         grid = read_h5(case, name="image", lazy=True).metadata.get("original_grid")
     if not grid:
-        raise MedstackError("this case has no recorded original grid (prepared by an older medstack?)")
-    target = Volume(np.broadcast_to(np.zeros((), np.uint8), (1, *grid["shape"])), np.array(grid["affine"]))
+        raise FormatError(f"{case if not isinstance(case, dict) else 'case ' + repr(case.get('id'))}: field "
+                          "'original_grid' is missing (prepared by an older medstack?)")
+    where = case if not isinstance(case, dict) else f"case {case.get('id')!r}"
+    if not isinstance(grid, dict) or "shape" not in grid or "affine" not in grid:
+        raise FormatError(f"{where}: field 'original_grid' must hold 'shape' and 'affine', got {grid!r:.200}")
+    try:
+        shape = tuple(int(v) for v in grid["shape"])
+        affine = np.array(grid["affine"], dtype=np.float64)
+    except (TypeError, ValueError) as e:
+        raise FormatError(f"{where}: field 'original_grid' has a bad shape or affine ({e})") from e
+    if len(shape) != 3 or min(shape) < 1:
+        raise FormatError(f"{where}: field 'original_grid' shape {shape} is not 3 positive sizes")
+    target = Volume(np.broadcast_to(np.zeros((), np.uint8), (1, *shape)), affine)
     if volume.spatial_shape == target.spatial_shape and np.allclose(volume.affine, target.affine, atol=1e-4):
         return volume
     return resample(volume, like=target, mode=mode, pad_value=0.0)

@@ -25,13 +25,16 @@ h5py instead reads and caches whole chunks and copies through its own buffers (a
 
 from __future__ import annotations
 
+import math
 import mmap
 import os
 import threading
 
 import numpy as np
 
-__all__ = ["MAP_BUDGET", "DirectDataset"]
+from medstack.errors import FormatError, ReadError
+
+__all__ = ["MAP_BUDGET", "DirectDataset", "check_local_storage"]
 
 MAP_BUDGET = int(os.environ.get("MEDSTACK_MAP_BUDGET", 256 << 20))  # dataset bytes mapped per process; 0: preadv
 
@@ -94,6 +97,26 @@ def padded_box(out, shape_dhw, start, pad_value):
     return inside
 
 
+def check_local_storage(ds, where: str) -> None:
+    """Refuse an HDF5 dataset whose values come from outside its own file: EXTERNAL storage (raw bytes of
+    other files named in the file) or a VIRTUAL dataset (mapped from other datasets / files). Reading such a
+    dataset would turn arbitrary local files into voxels. Raises :class:`~medstack.errors.FormatError`."""
+    import h5py
+
+    try:
+        plist = ds.id.get_create_plist()
+        n_external = plist.get_external_count()
+        layout = plist.get_layout()
+    except (OSError, ValueError, AttributeError, TypeError) as e:
+        raise FormatError(f"{where}: cannot read the storage layout of dataset {ds.name!r} ({e})") from e
+    if n_external:
+        raise FormatError(f"{where}: dataset {ds.name!r} has EXTERNAL storage ({n_external} outside file(s)); "
+                          "medstack reads only data stored inside the file")  # fmt: skip
+    if layout == h5py.h5d.VIRTUAL:
+        raise FormatError(f"{where}: dataset {ds.name!r} is a VIRTUAL dataset (mapped from other datasets or "
+                          "files); medstack reads only data stored inside the file")  # fmt: skip
+
+
 def _buffer(nbytes: int) -> np.ndarray:
     """This thread's reusable read buffer, at least ``nbytes`` long."""
     buf = getattr(_local, "buf", None)
@@ -111,8 +134,6 @@ def _pread_into(fd: int, view: np.ndarray, offset: int, path: str) -> None:
         n = len(data)
         mv[:n] = data
     if n != mv.nbytes:
-        from medstack.errors import ReadError
-
         raise ReadError(f"{path}: short read ({n} of {mv.nbytes} bytes at offset {offset}); truncated file?")
 
 
@@ -128,12 +149,34 @@ class DirectDataset:
         self._pid = None
         self._views = None  # chunk views on a mapping of the file; None with _map_pid == this process: preadv
         self._map_pid = None
-        cells = np.prod(self.shape) if chunks is None else np.prod([-(-s // c) * c for s, c in zip(self.shape, self.chunks)])
+        cells = math.prod(self.shape) if chunks is None else math.prod(-(-s // c) * c for s, c in zip(self.shape, self.chunks))
         self._nbytes = int(cells) * self.dtype.itemsize
+        # end of the last byte of data: the file must be at least this long (checked at open and each mapped read)
+        if chunks is None:
+            self._extent = int(offset) + self._nbytes
+        else:
+            self._extent = max(_flat(table)) + math.prod(self.chunks) * self.dtype.itemsize
 
     @classmethod
     def open(cls, path, ds) -> DirectDataset | None:
-        """For ``ds`` (an open h5py Dataset of file ``path``), or None when its bytes are not raw on disk."""
+        """For ``ds`` (an open h5py Dataset of file ``path``), or None when its bytes are not raw on disk.
+
+        Raises :class:`~medstack.errors.FormatError` for data stored outside the file (EXTERNAL / VIRTUAL) and
+        :class:`~medstack.errors.ReadError` when the file is shorter than its data (truncated)."""
+        check_local_storage(ds, str(path))
+        direct = cls._open(path, ds)
+        if direct is not None:
+            try:
+                size = os.stat(path).st_size
+            except OSError as e:
+                raise ReadError(f"{path}: cannot stat the file ({e.strerror})") from e
+            if direct._extent > size:
+                raise ReadError(f"{path}: truncated file: dataset {ds.name!r} needs {direct._extent} bytes, the "
+                                f"file has {size}")  # fmt: skip
+        return direct
+
+    @classmethod
+    def _open(cls, path, ds) -> DirectDataset | None:
         import h5py
 
         try:
@@ -151,6 +194,8 @@ class DirectDataset:
                 return None
             chunks = ds.chunks
             grid = tuple(-(-s // c) for s, c in zip(ds.shape, chunks))
+            if math.prod(grid) != ds.id.get_num_chunks():  # never-written chunks (fill value): let h5py handle them
+                return None  # (checked before allocating the table: a huge claimed shape costs nothing here)
             table = np.full(grid, -1, dtype=np.int64)
             full = int(np.prod(chunks)) * ds.dtype.itemsize
             for i in range(ds.id.get_num_chunks()):
@@ -158,7 +203,7 @@ class DirectDataset:
                 if info.size != full or info.byte_offset is None:
                     return None
                 table[tuple(o // c for o, c in zip(info.chunk_offset, chunks))] = info.byte_offset
-            if (table < 0).any():  # never-written chunks (fill value): let h5py handle them
+            if (table < 0).any():  # never-written chunks
                 return None
             return cls(path, ds.shape, ds.dtype, chunks=chunks, table=table.tolist())
         except (OSError, ValueError, AttributeError, TypeError):
@@ -193,8 +238,16 @@ class DirectDataset:
             if MAP_BUDGET <= 0 or not _reserve(self._nbytes):
                 return None
             try:
-                mm = mmap.mmap(self._file(), 0, access=mmap.ACCESS_READ)
-            except (OSError, ValueError):
+                fd = self._file()
+                size = os.fstat(fd).st_size
+                if size < self._extent:
+                    _mapped["bytes"] -= self._nbytes
+                    raise ReadError(f"{self.path}: truncated file: its data needs {self._extent} bytes, the file "
+                                    f"has {size}")  # fmt: skip
+                mm = mmap.mmap(fd, self._extent, access=mmap.ACCESS_READ)  # only the verified bytes
+            except (OSError, ValueError) as e:
+                if isinstance(e, ReadError):
+                    raise
                 _mapped["bytes"] -= self._nbytes
                 return None
             try:
@@ -212,8 +265,6 @@ class DirectDataset:
                     views = [[[[chunk(int(t[a][b][c][d])) for d in range(len(t[a][b][c]))] for c in range(len(t[a][b]))]
                               for b in range(len(t[a]))] for a in range(len(t))]  # fmt: skip
             except (TypeError, ValueError) as e:
-                from medstack.errors import ReadError
-
                 _mapped["bytes"] -= self._nbytes
                 raise ReadError(f"{self.path}: truncated file? its data lies past the end of the file "
                                 f"({len(mm)} bytes): {e}") from e  # fmt: skip
@@ -225,6 +276,14 @@ class DirectDataset:
         (from :func:`inside_box`); the caller fills the parts outside. ``out`` may have another dtype (converted
         on copy)."""
         views = self._mapping()
+        if views is not None:  # a mapped page past the end of a file truncated since: SIGBUS. Check first (cheap)
+            try:
+                size = os.fstat(self._file()).st_size
+            except OSError as e:
+                raise ReadError(f"{self.path}: cannot stat the file ({e.strerror})") from e
+            if size < self._extent:
+                raise ReadError(f"{self.path}: file truncated while open: its data needs {self._extent} bytes, "
+                                f"the file now has {size}")  # fmt: skip
         if self._table is None:  # contiguous
             if views is not None:
                 dst = out[:, o[0] : o[0] + hi[0] - lo[0], o[1] : o[1] + hi[1] - lo[1], o[2] : o[2] + hi[2] - lo[2]]
@@ -274,3 +333,12 @@ class DirectDataset:
             for z in range(lo[0], hi[0]):
                 _pread_into(fd, slab, self._offset + ((c * nd_ + z) * nh + lo[1]) * nw * item, self.path)
                 out[c, z - lo[0] + o[0], dst_h, dst_w] = slab[:, lo[2] : hi[2]]
+
+
+def _flat(table):
+    """The values of a nested list (the chunk offset table)."""
+    if isinstance(table, list):
+        for t in table:
+            yield from _flat(t)
+    else:
+        yield int(table)

@@ -23,9 +23,9 @@ from pathlib import Path
 import numpy as np
 
 from medstack import geometry
-from medstack.errors import FormatError, MedstackError, ReadError
-from medstack.io._atomic import atomic_output
-from medstack.io._direct import padded_box
+from medstack.errors import FormatError, GeometryError, MedstackError, ReadError
+from medstack.io._atomic import WriteError, atomic_output, check_free_space
+from medstack.io._direct import check_local_storage, padded_box
 from medstack.volume import Volume
 
 FORMAT = "medstack-volume"
@@ -40,6 +40,101 @@ _OPEN_LOCK = threading.RLock()
 
 def is_hdf5(head: bytes) -> bool:
     return head[:8] == _HDF5_MAGIC
+
+
+def read_limit() -> int | None:
+    """The most bytes medstack allocates to read one dataset into memory: ``MEDSTACK_MAX_READ_BYTES`` (env, bytes)
+    when set, else the memory available now (``MemAvailable``); None when neither is known."""
+    env = os.environ.get("MEDSTACK_MAX_READ_BYTES")
+    if env:
+        try:
+            return int(float(env))
+        except ValueError:
+            pass
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return int(os.sysconf("SC_AVPHYS_PAGES")) * int(os.sysconf("SC_PAGE_SIZE"))
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
+def check_read_size(shape, dtype, where: str) -> int:
+    """Refuse to allocate a dataset read whose logical size (``shape`` x itemsize) exceeds :func:`read_limit`
+    (a file claiming a huge shape with little data); returns the size in bytes. Raises ReadError naming ``where``."""
+    try:
+        nbytes = 1
+        for s in shape:
+            nbytes *= int(s)
+        nbytes *= np.dtype(dtype).itemsize
+    except (TypeError, ValueError) as e:
+        raise FormatError(f"{where}: invalid shape {shape} / dtype {dtype} ({e})") from e
+    limit = read_limit()
+    if limit is not None and nbytes > limit:
+        raise ReadError(f"{where}: shape {tuple(int(s) for s in shape)} of {np.dtype(dtype)} needs {nbytes} bytes to "
+                        f"read, more than the limit of {limit} (available memory, or MEDSTACK_MAX_READ_BYTES); "
+                        "read it lazily (lazy=True) or raise the limit")  # fmt: skip
+    return nbytes
+
+
+def _local_child(group, name: str, where: str, kind):
+    """``group[name]`` when it is a ``kind`` (h5py.Group / Dataset) stored in this file (hard or soft link, never
+    an external link to another file); FormatError naming the missing / foreign member otherwise."""
+    import h5py
+
+    try:
+        link = group.get(name, getlink=True)
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise FormatError(f"{where}: cannot read member {name!r} of {group.name!r} ({e})") from e
+    if link is None:
+        raise FormatError(f"{where}: {group.name.rstrip('/')}/{name} is missing; not a medstack volume file?")
+    if isinstance(link, h5py.ExternalLink):
+        raise FormatError(f"{where}: {group.name.rstrip('/')}/{name} is an external link to {link.filename!r}; "
+                          "medstack reads only data stored inside the file")  # fmt: skip
+    try:
+        obj = group[name]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise FormatError(f"{where}: {group.name.rstrip('/')}/{name} cannot be opened ({e})") from e
+    if not isinstance(obj, kind):
+        raise FormatError(f"{where}: {group.name.rstrip('/')}/{name} is a {type(obj).__name__}, expected a "
+                          f"{kind.__name__}")  # fmt: skip
+    return obj
+
+
+def _volume_dataset(f, name: str, where: str):
+    """The ``data`` dataset of volume ``name``: local, 4D, numeric (FormatError otherwise)."""
+    import h5py
+
+    vols = _local_child(f, "volumes", where, h5py.Group)
+    g = _local_child(vols, name, where, h5py.Group)
+    ds = _local_child(g, "data", where, h5py.Dataset)
+    check_local_storage(ds, where)
+    if len(ds.shape) != 4:
+        raise FormatError(f"{where}: dataset {ds.name!r} has shape {ds.shape}; a volume is (C, D, H, W)")
+    if ds.dtype.kind not in "biuf":
+        raise FormatError(f"{where}: dataset {ds.name!r} has dtype {ds.dtype}; expected a numeric type")
+    return g, ds
+
+
+def _metadata(g, where: str) -> dict:
+    """The JSON ``metadata`` attribute of a volume group as a dict (FormatError naming the field otherwise)."""
+    raw = g.attrs.get("metadata", "{}")
+    if isinstance(raw, bytes):
+        raw = raw.decode("utf-8", errors="replace")
+    if not isinstance(raw, str):
+        raise FormatError(f"{where}: {g.name} attribute 'metadata' is a {type(raw).__name__}, expected JSON text")
+    try:
+        meta = json.loads(raw)
+    except ValueError as e:
+        raise FormatError(f"{where}: {g.name} attribute 'metadata' is not valid JSON ({e})") from e
+    if not isinstance(meta, dict):
+        raise FormatError(f"{where}: {g.name} attribute 'metadata' is JSON {type(meta).__name__}, expected an object")
+    return meta
 
 
 class H5Array:
@@ -77,10 +172,23 @@ class H5Array:
                     self._direct, self._direct_pid = None, None
                 # small chunk cache: one open dataset per case per worker must not cost h5py's default 8 MiB
                 try:
-                    self._file = h5py.File(self.path, "r", rdcc_nbytes=1 << 20)
-                    self._ds = self._file[self.dataset]
-                except (OSError, KeyError) as e:
+                    f = h5py.File(self.path, "r", rdcc_nbytes=1 << 20)
+                except OSError as e:
                     raise ReadError(f"{self.path}: cannot read dataset {self.dataset!r} ({e})") from e
+                try:
+                    ds = f.get(self.dataset)
+                    if not isinstance(ds, h5py.Dataset) or ds.file.filename != f.filename:
+                        raise ReadError(f"{self.path}: dataset {self.dataset!r} is missing or not stored in this file")
+                    check_local_storage(ds, self.path)
+                    if tuple(ds.shape) != self.shape:
+                        raise ReadError(f"{self.path}: dataset {self.dataset!r} changed shape since it was opened "
+                                        f"({self.shape} -> {ds.shape})")  # fmt: skip
+                except BaseException as e:
+                    f.close()
+                    if isinstance(e, (OSError, KeyError, ValueError)) and not isinstance(e, MedstackError):
+                        raise ReadError(f"{self.path}: cannot read dataset {self.dataset!r} ({e})") from e
+                    raise
+                self._file, self._ds = f, ds
                 self._pid = os.getpid()
             return self._ds
 
@@ -109,7 +217,7 @@ class H5Array:
         mapped page cache, or ``preadv``: ``medstack.io._direct``); others through h5py. ``out`` may have another dtype
         (converted on copy). Safe to call from several threads."""
         if out.shape[0] != self.shape[0] or out.ndim != 4:
-            raise MedstackError(f"{self.path}:{self.dataset}: out has shape {out.shape}, expected ({self.shape[0]}, pd, ph, pw)")  # fmt: skip
+            raise GeometryError(f"{self.path}:{self.dataset}: out has shape {out.shape}, expected ({self.shape[0]}, pd, ph, pw)")  # fmt: skip
         inside = padded_box(out, self.shape[1:], start, pad_value)
         if inside is None:
             return out
@@ -119,21 +227,30 @@ class H5Array:
             direct.read_into(out, lo, hi, o)
         else:
             dst = out[(slice(None), *(slice(b, b + h - low) for low, h, b in zip(lo, hi, o)))]
-            dst[...] = self._dataset()[(slice(None), *(slice(low, h) for low, h in zip(lo, hi)))]
+            dst[...] = self._read((slice(None), *(slice(low, h) for low, h in zip(lo, hi))))
         return out
+
+    def _read(self, key):
+        """``dataset[key]`` through h5py; its errors (truncated or corrupt file) become ReadError."""
+        ds = self._dataset()
+        try:
+            return ds[key]
+        except (OSError, RuntimeError) as e:
+            raise ReadError(f"{self.path}: cannot read dataset {self.dataset!r} ({e}); truncated or corrupt file?") from e
 
     def _out(self, arr):
         return arr if self.cast is None else arr.astype(self.cast, copy=False)
 
     def __getitem__(self, key) -> np.ndarray:
-        return self._out(self._dataset()[key])
+        return self._out(self._read(key))
 
     def read_box(self, start, stop) -> np.ndarray:
         """Read ``[:, start[0]:stop[0], start[1]:stop[1], start[2]:stop[2]]`` (clipped to the array)."""
         return self[(slice(None), *(slice(int(a), int(b)) for a, b in zip(start, stop)))]
 
     def __array__(self, dtype=None, copy=None):
-        arr = self._out(self._dataset()[()])
+        check_read_size(self.shape, self.dtype, f"{self.path}:{self.dataset}")
+        arr = self._out(self._read(()))
         return arr if dtype is None else arr.astype(dtype, copy=False)
 
     def __len__(self):
@@ -180,7 +297,7 @@ def metadata_json(metadata: Mapping) -> str:
     try:
         return json.dumps(dict(metadata), default=_json_default, sort_keys=True)
     except TypeError as e:
-        raise MedstackError(f"cannot store metadata as JSON: {e}; convert it to str/number/list/dict") from e
+        raise FormatError(f"cannot store metadata as JSON: {e}; convert it to str/number/list/dict") from e
 
 
 def _chunks_for(shape, chunks) -> tuple[int, ...] | None:
@@ -214,25 +331,35 @@ def write_h5(
     path = Path(path)
     items = {"volume": volumes} if isinstance(volumes, Volume) else dict(volumes)
     if not items:
-        raise MedstackError(f"{path}: nothing to write (empty cohort)")
-    with atomic_output(path, overwrite=overwrite) as tmp, h5py.File(tmp, "w") as f:
-        f.attrs["medstack_format"] = FORMAT
-        f.attrs["medstack_format_version"] = FORMAT_VERSION
-        group = f.create_group("volumes")
-        for name, vol in items.items():
-            if not isinstance(vol, Volume):
-                raise MedstackError(f"{path}: cohort entry {name!r} is a {type(vol).__name__}, expected a Volume")
-            arr = vol.to_numpy()
-            g = group.create_group(str(name))
-            g.create_dataset(
-                "data",
-                data=arr,
-                chunks=_chunks_for(arr.shape, chunks),
-                compression=compression,
-                compression_opts=compression_opts,
-            )
-            g.attrs["affine"] = np.array(vol.affine)
-            g.attrs["metadata"] = metadata_json(vol.metadata)
+        raise FormatError(f"{path}: nothing to write (empty cohort)")
+    for name, vol in items.items():
+        if not isinstance(vol, Volume):
+            raise FormatError(f"{path}: cohort entry {name!r} is a {type(vol).__name__}, expected a Volume")
+        if not str(name) or "/" in str(name) or str(name) in (".", ".."):
+            raise FormatError(f"{path}: cohort entry name {name!r} is not a plain name (no '/', not empty)")
+    # uncompressed size + margin must fit (HDF5 on a full disk can crash the process instead of failing)
+    check_free_space(path, sum(int(v.nbytes) for v in items.values()))
+    try:
+        with atomic_output(path, overwrite=overwrite) as tmp, h5py.File(tmp, "w") as f:
+            f.attrs["medstack_format"] = FORMAT
+            f.attrs["medstack_format_version"] = FORMAT_VERSION
+            group = f.create_group("volumes")
+            for name, vol in items.items():
+                arr = vol.to_numpy()
+                g = group.create_group(str(name))
+                g.create_dataset(
+                    "data",
+                    data=arr,
+                    chunks=_chunks_for(arr.shape, chunks),
+                    compression=compression,
+                    compression_opts=compression_opts,
+                )
+                g.attrs["affine"] = np.array(vol.affine)
+                g.attrs["metadata"] = metadata_json(vol.metadata)
+    except MedstackError:
+        raise
+    except OSError as e:
+        raise WriteError(e.errno, f"{path}: writing the HDF5 file failed ({e}); nothing was written") from e
     return path
 
 
@@ -241,7 +368,7 @@ def list_h5(path) -> list[str]:
     import h5py
 
     with _open(path, h5py) as f:
-        return list(f["volumes"].keys())
+        return list(_local_child(f, "volumes", str(path), h5py.Group).keys())
 
 
 def _open(path, h5py):
@@ -252,17 +379,33 @@ def _open(path, h5py):
         f = h5py.File(path, "r")
     except OSError as e:
         raise FormatError(f"{path}: not a readable HDF5 file ({e})") from e
-    if f.attrs.get("medstack_format") != FORMAT or "volumes" not in f:
+    try:
+        if not is_medstack_file(f):
+            raise FormatError(
+                f"{path}: HDF5 file is not a medstack volume file (no medstack_format attribute); "
+                "write it with medstack.save or read the dataset with h5py"
+            )
+        try:
+            version = int(np.asarray(f.attrs.get("medstack_format_version", 0)).reshape(()))
+        except (TypeError, ValueError, OSError) as e:
+            raise FormatError(f"{path}: attribute medstack_format_version is not an integer ({e})") from e
+        if version > FORMAT_VERSION:
+            raise FormatError(f"{path}: format version {version} is newer than this medstack reads ({FORMAT_VERSION})")
+    except BaseException:
         f.close()
-        raise FormatError(
-            f"{path}: HDF5 file is not a medstack volume file (no medstack_format attribute); "
-            "write it with medstack.save or read the dataset with h5py"
-        )
-    version = int(f.attrs.get("medstack_format_version", 0))
-    if version > FORMAT_VERSION:
-        f.close()
-        raise FormatError(f"{path}: format version {version} is newer than this medstack reads ({FORMAT_VERSION})")
+        raise
     return f
+
+
+def is_medstack_file(f) -> bool:
+    """Whether an open h5py File carries medstack's format attribute (written by medstack) and a volumes group."""
+    try:
+        fmt = f.attrs.get("medstack_format")
+        if isinstance(fmt, bytes):
+            fmt = fmt.decode("utf-8", errors="replace")
+        return isinstance(fmt, str) and fmt == FORMAT and "volumes" in f
+    except (OSError, ValueError, TypeError, KeyError):
+        return False
 
 
 def read_h5(path, *, name: str | None = None, lazy: bool = False, dtype=None) -> Volume:
@@ -270,27 +413,37 @@ def read_h5(path, *, name: str | None = None, lazy: bool = False, dtype=None) ->
     import h5py
 
     path = Path(path)
+    where = str(path)
     with _open(path, h5py) as f:
-        names = list(f["volumes"].keys())
+        names = list(_local_child(f, "volumes", where, h5py.Group).keys())
         if name is None:
             if len(names) != 1:
-                raise MedstackError(
+                raise FormatError(
                     f"{path}: holds {len(names)} volumes; pass name= one of {names[:20]}"
                     + (" ..." if len(names) > 20 else "")
                 )
             name = names[0]
-        if name not in f["volumes"]:
-            raise MedstackError(f"{path}: no volume named {name!r}; it holds {names[:20]}")
-        g = f["volumes"][name]
-        ds = g["data"]
-        affine = geometry.check_affine(g.attrs["affine"], what=f"{path}:{name} affine")
-        meta = json.loads(g.attrs.get("metadata", "{}"))
+        if name not in names:
+            raise FormatError(f"{path}: no volume named {name!r}; it holds {names[:20]}")
+        g, ds = _volume_dataset(f, name, where)
+        if "affine" not in g.attrs:
+            raise FormatError(f"{path}: {g.name} has no 'affine' attribute")
+        try:
+            raw_affine = g.attrs["affine"]
+        except (OSError, TypeError, ValueError) as e:
+            raise FormatError(f"{path}: {g.name} attribute 'affine' cannot be read ({e})") from e
+        affine = geometry.check_affine(raw_affine, what=f"{path}:{name} affine")
+        meta = _metadata(g, where)
         meta.setdefault("source", str(path))
         meta["store_name"] = name
         if lazy:
             data = H5Array(path, ds.name, ds.shape, ds.dtype, ds.chunks, cast=dtype)
         else:
-            data = ds[()]
+            check_read_size(ds.shape, ds.dtype, f"{path}:{ds.name}")
+            try:
+                data = ds[()]
+            except (OSError, RuntimeError) as e:
+                raise ReadError(f"{path}: cannot read dataset {ds.name!r} ({e}); truncated or corrupt file?") from e
             if dtype is not None:
                 data = data.astype(dtype, copy=False)
     return Volume(data, affine, meta)
