@@ -48,8 +48,9 @@ class OutputExistsError(MedstackError, FileExistsError):
     """The output path exists and overwriting was not asked for (pass ``overwrite=True``)."""
 
 
-class ArgumentError(MedstackError, ValueError):
-    """An argument or option is invalid (wrong type, unknown name, out of range): a caller's mistake, not bad data."""
+class ArgumentError(MedstackError, ValueError, TypeError):
+    """An argument or option is invalid (a value out of range, an unknown name, the wrong type): a caller's mistake,
+    not bad data. Subclasses ValueError and TypeError, so either ``except`` keeps working."""
 
 
 class WriteError(MedstackError, OSError):

@@ -19,7 +19,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from medstack import geometry
-from medstack.errors import GeometryError, MedstackError
+from medstack.errors import ArgumentError, GeometryError
 from medstack.volume import Volume
 
 __all__ = ["resample", "target_grid"]
@@ -38,7 +38,7 @@ def target_grid(volume: Volume, *, spacing=None, shape=None) -> tuple[np.ndarray
     old_sp = np.array(volume.spacing, dtype=np.float64)  # (D, H, W)
     old_shape = np.array(volume.spatial_shape, dtype=np.float64)
     if (spacing is None) == (shape is None):
-        raise MedstackError("pass exactly one of spacing=, shape= or like=")
+        raise ArgumentError("pass exactly one of spacing=, shape= or like=")
     if spacing is not None:
         new_sp = _triple(spacing, "spacing")
         if np.any(new_sp <= 0) or not np.all(np.isfinite(new_sp)):
@@ -131,16 +131,16 @@ def resample(
 
 
     if mode not in MODES:
-        raise MedstackError(f"mode must be one of {MODES}, got {mode!r}")
+        raise ArgumentError(f"mode must be one of {MODES}, got {mode!r}")
     if not isinstance(volume, Volume):
-        raise MedstackError(f"volume must be a medstack.Volume, got {type(volume).__name__}")
+        raise ArgumentError(f"volume must be a medstack.Volume, got {type(volume).__name__}")
     if is_label:
         check_label(volume, mode, what="volume")
     if like is not None:
         if spacing is not None or shape is not None:
-            raise MedstackError("pass like= alone, not with spacing= or shape=")
+            raise ArgumentError("pass like= alone, not with spacing= or shape=")
         if not isinstance(like, Volume):
-            raise MedstackError(f"like= must be a medstack.Volume, got {type(like).__name__}")
+            raise ArgumentError(f"like= must be a medstack.Volume, got {type(like).__name__}")
         out_affine, out_shape = np.array(like.affine), like.spatial_shape
     else:
         out_affine, out_shape = target_grid(volume, spacing=spacing, shape=shape)
@@ -175,7 +175,7 @@ def resample(
         out = _separable(x, m, out_shape, mode, pad_value, work)
     else:
         if mode == "cubic":
-            raise MedstackError("mode='cubic' needs axis-aligned grids (same axes up to flips/permutations); "
+            raise GeometryError("mode='cubic' needs axis-aligned grids (same axes up to flips/permutations); "
                                 "use 'linear' for oblique resampling")  # fmt: skip
         out = _grid_sample(x.to(work), m, out_shape, mode, pad_value)
     if dtype is not None:
@@ -189,11 +189,11 @@ def resample(
 def check_label(volume: Volume, mode: str, *, what: str = "label") -> None:
     """A label map must be resampled with nearest and hold integer values."""
     if mode != "nearest":
-        raise MedstackError(f"{what} is a label map: resample it with mode='nearest' (got mode={mode!r}); linear "
+        raise ArgumentError(f"{what} is a label map: resample it with mode='nearest' (got mode={mode!r}); linear "
                             "interpolation would invent label values")  # fmt: skip
     data = volume.to_numpy()
     if data.dtype.kind == "f" and not np.array_equal(data, np.round(data)):
-        raise MedstackError(f"{what} is marked as a label map but holds non-integer values (dtype {data.dtype}); "
+        raise ArgumentError(f"{what} is marked as a label map but holds non-integer values (dtype {data.dtype}); "
                             "pass an integer label map or is_label=False")  # fmt: skip
 
 

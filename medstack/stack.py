@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from medstack.errors import GeometryError, MedstackError
+from medstack.errors import ArgumentError, GeometryError
 from medstack.volume import Volume
 
 __all__ = ["same_grid", "stack"]
@@ -57,20 +57,20 @@ def stack(
 
     volumes = list(volumes)
     if not volumes:
-        raise MedstackError("stack needs at least one volume")
+        raise ArgumentError("stack needs at least one volume")
     for i, v in enumerate(volumes):
         if not isinstance(v, Volume):
-            raise MedstackError(f"volumes[{i}] is a {type(v).__name__}, expected a medstack.Volume")
+            raise ArgumentError(f"volumes[{i}] is a {type(v).__name__}, expected a medstack.Volume")
     if names is not None and len(names) != len(volumes):
-        raise MedstackError(f"names has {len(names)} entries for {len(volumes)} volumes")
+        raise ArgumentError(f"names has {len(names)} entries for {len(volumes)} volumes")
     bad = [i for i in labels if not 0 <= i < len(volumes)]
     if bad:
-        raise MedstackError(f"labels= indices {bad} out of range for {len(volumes)} volumes")
+        raise ArgumentError(f"labels= indices {bad} out of range for {len(volumes)} volumes")
     if isinstance(reference, Volume):
         ref = reference
     else:
         if not 0 <= int(reference) < len(volumes):
-            raise MedstackError(f"reference={reference} out of range for {len(volumes)} volumes")
+            raise ArgumentError(f"reference={reference} out of range for {len(volumes)} volumes")
         ref = volumes[int(reference)]
     parts = []
     for i, v in enumerate(volumes):

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from medstack.errors import GeometryError, MedstackError
+from medstack.errors import ArgumentError, GeometryError
 from medstack.volume import Volume
 
 #: CT window presets as (level, width) in HU.
@@ -51,13 +51,13 @@ def parse_window(window, data=None) -> tuple[float, float]:
             try:
                 level, width = (float(v) for v in window.split(","))
             except ValueError:
-                raise MedstackError(
+                raise ArgumentError(
                     f"window must be a preset ({', '.join(sorted(WINDOWS))}) or 'level,width', got {window!r}"
                 ) from None
     else:
         level, width = (float(v) for v in window)
     if width <= 0:
-        raise MedstackError(f"window width must be positive, got {width}")
+        raise ArgumentError(f"window width must be positive, got {width}")
     return level - width / 2, level + width / 2
 
 
@@ -99,9 +99,9 @@ def orthoview(volume: Volume, *, at=None, label: Volume | None = None, window=No
 
     vol = _check(volume)
     if min(vol.spatial_shape) < 1 or vol.to_numpy().size == 0:
-        raise MedstackError("cannot show an empty volume")
+        raise ArgumentError("cannot show an empty volume")
     if not 0 <= channel < vol.n_channels:
-        raise MedstackError(f"channel {channel} out of range for {vol.n_channels} channel(s)")
+        raise ArgumentError(f"channel {channel} out of range for {vol.n_channels} channel(s)")
     vol = vol.replace(data=vol.to_numpy()[channel : channel + 1]).reoriented("LPS")
     lab = None
     if label is not None:
@@ -148,11 +148,11 @@ def _as_volume(obj, what="volume") -> tuple[Volume, Volume | None]:
     """A Volume (and a label) from a Volume or a sample dict {"image": ..., "label": ...}."""
     if isinstance(obj, dict):
         if "image" not in obj:
-            raise MedstackError(f"{what}: a sample dict needs an 'image' key (it has {sorted(map(str, obj))})")
+            raise ArgumentError(f"{what}: a sample dict needs an 'image' key (it has {sorted(map(str, obj))})")
         lab = obj.get("label")
         return _check(obj["image"]), (lab if isinstance(lab, Volume) else None)
     if isinstance(obj, np.ndarray) or type(obj).__module__.startswith("torch"):
-        raise MedstackError(f"{what}: got a bare {type(obj).__name__} of shape {tuple(obj.shape)}; wrap it with its "
+        raise ArgumentError(f"{what}: got a bare {type(obj).__name__} of shape {tuple(obj.shape)}; wrap it with its "
                             "geometry: medstack.Volume(array[None], affine) (a 2D array is not a volume)")  # fmt: skip
     return _check(obj, what), None
 
@@ -298,7 +298,7 @@ def thumbnail_png(volume: Volume, size: int = 96) -> bytes:
 
 def _check(volume, what="volume") -> Volume:
     if not isinstance(volume, Volume):
-        raise MedstackError(f"{what} must be a medstack.Volume, got {type(volume).__name__} "
+        raise ArgumentError(f"{what} must be a medstack.Volume, got {type(volume).__name__} "
                             "(wrap arrays: Volume(array[None, ...], affine))")  # fmt: skip
     return volume
 

@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 
 from medstack import geometry
-from medstack.errors import GeometryError, MedstackError
+from medstack.errors import ArgumentError, GeometryError
 
 __all__ = ["Volume"]
 
@@ -55,7 +55,7 @@ class Volume:
     def __post_init__(self):
         shape = getattr(self.data, "shape", None)
         if shape is None or not hasattr(self.data, "dtype"):
-            raise MedstackError(
+            raise ArgumentError(
                 f"Volume data must be a numpy array, torch tensor or lazy array, got {type(self.data).__name__}"
             )
         if len(shape) != 4:

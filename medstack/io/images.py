@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from medstack.errors import FormatError, MedstackError, ReadError
+from medstack.errors import ArgumentError, FormatError, ReadError
 from medstack.volume import Volume
 
 __all__ = ["load_stack"]
@@ -27,17 +27,61 @@ def _natural_key(path: Path):
     return [int(t) if t.isdigit() else t.lower() for t in re.split(r"(\d+)", path.name)]
 
 
+#: exceptions Pillow raises on corrupt image files besides OSError (SyntaxError: some plugins' "not a ..." errors)
+_PIL_ERRORS = (OSError, ValueError, SyntaxError, EOFError, IndexError, TypeError, KeyError, ZeroDivisionError,
+               OverflowError, MemoryError)  # fmt: skip
+
+
+_MAX_RATIO = 4096  # decoded bytes per file byte no TIFF/PNG codec reaches (deflate ~1032:1, LZW ~2730:1)
+_MIN_BUDGET = 1 << 28  # a file may always decode to this many bytes
+
+
+def _bytes_per_band(mode: str) -> int:
+    return 4 if mode in ("I", "F") else 2 if mode.startswith("I;16") else 1
+
+
+def _check_size(img, path: Path, page: int) -> None:
+    """Refuse, before decoding, a frame whose header size fields are empty or beyond Pillow's pixel limit."""
+    from PIL import Image
+
+    w, h = img.size
+    where = f"{path}" + (f" [page {page}]" if page else "")
+    if w < 1 or h < 1:
+        raise FormatError(f"{where}: image size field is {w}x{h} pixels; an image needs at least one pixel")
+    limit = Image.MAX_IMAGE_PIXELS
+    if limit is not None and w * h > limit:
+        raise FormatError(f"{where}: image size field is {w}x{h} = {w * h} pixels, more than the limit of {limit} "
+                          "(PIL.Image.MAX_IMAGE_PIXELS; raise it if this image is genuine); refused before decoding")  # fmt: skip
+
+
 def _frames(path: Path):
+    import warnings
+
     from PIL import Image, ImageSequence
 
     try:
-        with Image.open(path) as img:
-            for frame in ImageSequence.Iterator(img):
-                yield frame.copy()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # _check_size decides, with the file name
+            with Image.open(path) as img:
+                budget = max(os.path.getsize(path) * _MAX_RATIO, _MIN_BUDGET)
+                for page, frame in enumerate(ImageSequence.Iterator(img)):
+                    _check_size(frame, path, page)
+                    bits = 1 if frame.mode == "1" else 8 * _bytes_per_band(frame.mode)
+                    budget -= frame.size[0] * frame.size[1] * max(len(frame.getbands()), 1) * bits // 8
+                    if budget < 0:  # e.g. thousands of TIFF pages all pointing at the same strips
+                        raise FormatError(f"{path}: page {page}: the pages' size fields add up to far more pixels than "
+                                          f"a {os.path.getsize(path)}-byte file can hold; refused before decoding")  # fmt: skip
+                    yield frame.copy()
+    except ReadError:
+        raise
     except FileNotFoundError:
         raise ReadError(f"{path}: no such file") from None
-    except OSError as e:
-        raise FormatError(f"{path}: not a readable image ({e})") from e
+    except IsADirectoryError:
+        raise ReadError(f"{path}: is a folder, expected an image file") from None
+    except Image.DecompressionBombError as e:
+        raise FormatError(f"{path}: image size field beyond the pixel limit ({e})") from None
+    except _PIL_ERRORS as e:
+        raise FormatError(f"{path}: not a readable image ({type(e).__name__}: {e})") from e
 
 
 def _to_array(img, color: str, path: Path) -> np.ndarray:
@@ -82,16 +126,19 @@ def load_stack(
 
     Raises
     ------
-    MedstackError
-        Slices of different sizes (naming the file) without ``pad=True``, or of different channel counts.
+    FormatError
+        Slices of different sizes (naming the file) without ``pad=True``, or of different channel counts; a file
+        that is not a readable image, or whose size fields exceed the limits (checked before decoding).
+    ArgumentError
+        A bad ``order``, ``color`` or ``spacing``.
     """
     if order not in ("natural", "name", "given"):
-        raise MedstackError(f"order must be 'natural', 'name' or 'given', got {order!r}")
+        raise ArgumentError(f"order must be 'natural', 'name' or 'given', got {order!r}")
     if color not in ("channels", "gray"):
-        raise MedstackError(f"color must be 'channels' or 'gray', got {color!r}")
+        raise ArgumentError(f"color must be 'channels' or 'gray', got {color!r}")
     sp = np.asarray(spacing, dtype=np.float64).reshape(-1)
     if sp.shape != (3,) or np.any(sp <= 0) or not np.all(np.isfinite(sp)):
-        raise MedstackError(f"spacing must be three positive numbers (dz, dy, dx) in mm, got {spacing!r}")
+        raise ArgumentError(f"spacing must be three positive numbers (dz, dy, dx) in mm, got {spacing!r}")
     if isinstance(files_or_folder, str | os.PathLike):
         root = Path(files_or_folder)
         if not root.exists():
@@ -107,7 +154,7 @@ def load_stack(
     else:
         files = [Path(f) for f in files_or_folder]
         if not files:
-            raise MedstackError("load_stack got an empty list of files")
+            raise ArgumentError("load_stack got an empty list of files")
     if order == "natural":
         files = sorted(files, key=_natural_key)
     elif order == "name":
@@ -119,15 +166,26 @@ def load_stack(
             sources.append(f"{f}" + (f"[page {page}]" if page else ""))
     channels = {s.shape[0] for s in slices}
     if len(channels) > 1:
-        raise MedstackError(f"slices mix grayscale and colour ({sorted(channels)} channels); pass color='gray'")
+        raise FormatError(f"slices mix grayscale and colour ({sorted(channels)} channels); pass color='gray'")
     shapes = [s.shape[1:] for s in slices]
     target = (max(s[0] for s in shapes), max(s[1] for s in shapes))
     for src, shp in zip(sources, shapes):
         if shp != shapes[0] and not pad:
-            raise MedstackError(f"{src}: slice is {shp[0]}x{shp[1]} pixels but {sources[0]} is "
+            raise FormatError(f"{src}: slice is {shp[0]}x{shp[1]} pixels but {sources[0]} is "
                                 f"{shapes[0][0]}x{shapes[0][1]}; pass pad=True to zero-pad to {target[0]}x{target[1]}")  # fmt: skip
+    from PIL import Image
+
+    limit = Image.MAX_IMAGE_PIXELS
+    if limit is not None and target[0] * target[1] > limit:
+        raise FormatError(f"{sources[0]}: padding the slices to a common {target[0]}x{target[1]} would make "
+                          f"{target[0] * target[1]} pixels per slice, more than the limit of {limit} "
+                          "(PIL.Image.MAX_IMAGE_PIXELS); the slices' size fields disagree too much")  # fmt: skip
     dtype = np.result_type(*[s.dtype for s in slices])
-    data = np.zeros((channels.pop(), len(slices), *target), dtype=dtype)
+    try:
+        data = np.zeros((channels.pop(), len(slices), *target), dtype=dtype)
+    except MemoryError:
+        raise ReadError(f"{sources[0]}: cannot allocate the {len(slices)}x{target[0]}x{target[1]} {dtype} stack "
+                        "these slices make") from None  # fmt: skip
     for d, s in enumerate(slices):
         data[:, d, : s.shape[1], : s.shape[2]] = s
     affine = np.diag([sp[2], sp[1], sp[0], 1.0])

@@ -14,7 +14,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from medstack.errors import MedstackError
+from medstack.errors import ArgumentError, GeometryError
 from medstack.io._direct import inside_box
 from medstack.patches.samplers import _size3, grid_positions
 from medstack.volume import Volume
@@ -61,7 +61,7 @@ class Aggregator:
         import torch
 
         if mode not in ("constant", "gaussian"):
-            raise MedstackError(f"Aggregator mode must be 'constant' or 'gaussian', got {mode!r}")
+            raise ArgumentError(f"Aggregator mode must be 'constant' or 'gaussian', got {mode!r}")
         self.shape = tuple(int(s) for s in shape)
         self.patch_size = tuple(int(p) for p in _size3(patch_size))
         self.device = torch.device(device)
@@ -89,7 +89,7 @@ class Aggregator:
         preds = torch.as_tensor(predictions).to(self.device, torch.float32)
         starts = np.asarray(starts, dtype=np.int64).reshape(-1, 3)
         if preds.ndim != 5 or preds.shape[0] != len(starts) or tuple(preds.shape[2:]) != self.patch_size:
-            raise MedstackError(f"predictions must be (B, C, {self.patch_size}) for {len(starts)} starts, got "
+            raise GeometryError(f"predictions must be (B, C, {self.patch_size}) for {len(starts)} starts, got "
                                 f"{tuple(preds.shape)}")  # fmt: skip
         for pred, start in zip(preds, starts):
             clipped = self._clip(start)
@@ -140,14 +140,14 @@ class Aggregator:
         sums = self._axis_sums()
         if sums is not None:
             if min(float(s.min()) for s in sums) <= 0:
-                raise MedstackError("Aggregator: some voxels were not covered by any patch")
+                raise GeometryError("Aggregator: some voxels were not covered by any patch")
             dh = torch.from_numpy((1.0 / (sums[0][:, None] * sums[1][None, :])).astype(np.float32)).to(self.device)
             dw = torch.from_numpy((1.0 / sums[2]).astype(np.float32)).to(self.device)
             out = self.sum.mul_(dh[:, :, None]).mul_(dw)
         else:
             weight = self.weight_map()
             if bool((weight == 0).any()):
-                raise MedstackError("Aggregator: some voxels were not covered by any patch")
+                raise GeometryError("Aggregator: some voxels were not covered by any patch")
             out = self.sum.div_(weight)
         self._starts = []
         if affine is None:

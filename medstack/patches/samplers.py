@@ -16,7 +16,7 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from medstack.errors import MedstackError
+from medstack.errors import ArgumentError, GeometryError
 
 __all__ = ["CaseInfo", "GridSampler", "LabelSampler", "PatchSampler", "UniformSampler", "WeightedSampler", "grid_positions"]
 
@@ -36,7 +36,7 @@ def _size3(patch_size) -> np.ndarray:
     if p.size == 1:
         p = np.repeat(p, 3)
     if p.shape != (3,) or np.any(p < 1):
-        raise MedstackError(f"patch_size must be 1 or 3 positive ints (D, H, W), got {patch_size!r}")
+        raise ArgumentError(f"patch_size must be 1 or 3 positive ints (D, H, W), got {patch_size!r}")
     return p
 
 
@@ -72,19 +72,20 @@ class WeightedSampler(PatchSampler):
 
     def __init__(self, patch_size):
         super().__init__(patch_size)
-        self._cdf_cache: dict[int, np.ndarray] = {}
+        # (weights object, its cdf) of the last case: holding the object keeps its id from being reused by a new
+        # array (a stale cdf for another case), and one tuple assignment is atomic across threads
+        self._cdf_cache: tuple = (None, None)
 
     def sample(self, case, rng, n=1):
         if case.weights is None:
-            raise MedstackError("WeightedSampler needs CaseInfo.weights (a probability map)")
-        key = id(case.weights)
-        cdf = self._cdf_cache.get(key)
-        if cdf is None:
+            raise ArgumentError("WeightedSampler needs CaseInfo.weights (a probability map)")
+        cached, cdf = self._cdf_cache
+        if cached is not case.weights or cdf is None:
             w = np.asarray(case.weights, dtype=np.float64).ravel()
             if np.any(w < 0) or not np.isfinite(w).all() or w.sum() <= 0:
-                raise MedstackError("WeightedSampler: weights must be finite, non-negative, not all zero")
+                raise ArgumentError("WeightedSampler: weights must be finite, non-negative, not all zero")
             cdf = np.cumsum(w)
-            self._cdf_cache = {key: cdf}  # one case at a time: bounded memory
+            self._cdf_cache = (case.weights, cdf)  # one case at a time: bounded memory
         flat = np.searchsorted(cdf, rng.random(n) * cdf[-1], side="right")
         centers = np.stack(np.unravel_index(np.minimum(flat, cdf.size - 1), case.shape), axis=1)
         return self._centered(centers, case.shape)
@@ -103,12 +104,12 @@ class LabelSampler(PatchSampler):
     def __init__(self, patch_size, *, pos: float = 1.0, neg: float = 1.0, ratios=None):
         super().__init__(patch_size)
         if pos < 0 or neg < 0 or pos + neg <= 0:
-            raise MedstackError(f"LabelSampler: pos and neg must be >= 0 and not both 0, got {pos}, {neg}")
+            raise ArgumentError(f"LabelSampler: pos and neg must be >= 0 and not both 0, got {pos}, {neg}")
         self.pos, self.neg = float(pos), float(neg)
         if ratios is not None and not isinstance(ratios, Mapping):
             ratios = dict(enumerate(ratios))
         if ratios is not None and (any(v < 0 for v in ratios.values()) or sum(ratios.values()) <= 0):
-            raise MedstackError(f"LabelSampler: ratios must be non-negative and not all zero, got {ratios}")
+            raise ArgumentError(f"LabelSampler: ratios must be non-negative and not all zero, got {ratios}")
         self.ratios = ratios
 
     def _pools(self, case: CaseInfo):
@@ -153,7 +154,7 @@ def grid_positions(shape, patch_size, overlap=0.25) -> np.ndarray:
     p = _size3(patch_size)
     ov = np.broadcast_to(np.asarray(overlap, dtype=np.float64), (3,))
     if np.any(ov < 0) or np.any(ov >= 1):
-        raise MedstackError(f"overlap must be in [0, 1), got {overlap}")
+        raise ArgumentError(f"overlap must be in [0, 1), got {overlap}")
     axes = []
     for n, size, o in zip(shape, p, ov):
         if n <= size:
@@ -200,5 +201,5 @@ def class_voxel_lists(label: np.ndarray, *, max_per_class: int = 20000, seed: in
 def _check_positions(starts: Sequence) -> np.ndarray:
     s = np.asarray(starts, dtype=np.int64)
     if s.ndim != 2 or s.shape[1] != 3:
-        raise MedstackError(f"patch positions must be (n, 3), got {s.shape}")
+        raise GeometryError(f"patch positions must be (n, 3), got {s.shape}")
     return s

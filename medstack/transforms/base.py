@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from medstack.errors import MedstackError
+from medstack.errors import ArgumentError
 from medstack.volume import Volume
 
 LABEL_HINTS = ("label", "seg", "mask")
@@ -29,7 +29,7 @@ def generator_for(seed: int, epoch: int = 0, index: int = 0):
 
     words = [int(seed) & 0xFFFFFFFF, int(epoch) + 1, int(index) + 1]  # +1: the stream uses epoch -1
     if min(words) < 0:
-        raise MedstackError(f"seed, epoch and index must be non-negative (epoch may be -1), got {seed}, {epoch}, {index}")
+        raise ArgumentError(f"seed, epoch and index must be non-negative (epoch may be -1), got {seed}, {epoch}, {index}")
     state = np.random.SeedSequence(words).generate_state(1, np.uint64)
     return torch.Generator().manual_seed(int(state[0]) & 0x7FFFFFFFFFFFFFFF)
 
@@ -46,7 +46,7 @@ def _as_range(value, name: str, *, symmetric: bool = True) -> tuple[float, float
         return (-float(value), float(value)) if symmetric else (float(value), float(value))
     lo, hi = (float(v) for v in value)
     if lo > hi:
-        raise MedstackError(f"{name}: range ({lo}, {hi}) has low > high")
+        raise ArgumentError(f"{name}: range ({lo}, {hi}) has low > high")
     return lo, hi
 
 
@@ -67,13 +67,19 @@ class Transform:
     def __init__(self, keys: str | Sequence[str] = ("image",), *, allow_missing_keys: bool = False):
         self.keys = (keys,) if isinstance(keys, str) else tuple(keys)
         if not self.keys:
-            raise MedstackError(f"{type(self).__name__}: keys must not be empty")
+            raise ArgumentError(f"{type(self).__name__}: keys must not be empty")
         self.allow_missing_keys = allow_missing_keys
 
     # -- to override ------------------------------------------------------------------------------
     def sample_params(self, sample: Mapping, rng) -> Any:
         """Draw the random parameters of one call (random transforms only)."""
         return None
+
+    def call_params(self, sample: Mapping, rng) -> Any:
+        """Everything one call needs beyond the volume: random draws and values derived from the sample (a crop
+        box, a mask). Returned, never stored on ``self``: a transform object is shared by threads (PatchLoader
+        workers), so per-call state on ``self`` would let one call's image and label get another call's box."""
+        return self.sample_params(sample, rng) if self.random else None
 
     def apply(self, volume: Volume, params: Any, key: str) -> Volume:
         raise NotImplementedError  # pragma: no cover - every concrete transform implements it
@@ -83,21 +89,21 @@ class Transform:
         if isinstance(sample, Volume):  # convenience: a bare Volume is the sample {keys[0]: volume}
             return self({self.keys[0]: sample}, rng)[self.keys[0]]
         if not isinstance(sample, Mapping):
-            raise MedstackError(f"{type(self).__name__} expects a sample dict or a Volume, got {type(sample).__name__}")
+            raise ArgumentError(f"{type(self).__name__} expects a sample dict or a Volume, got {type(sample).__name__}")
         out = dict(sample)
         present = [k for k in self.keys if k in out]
         missing = [k for k in self.keys if k not in out]
         if missing and not self.allow_missing_keys:
-            raise MedstackError(f"{type(self).__name__}: key(s) {missing} not in the sample (it has "
+            raise ArgumentError(f"{type(self).__name__}: key(s) {missing} not in the sample (it has "
                                 f"{sorted(map(str, out))}); pass allow_missing_keys=True to skip them")  # fmt: skip
         if self.random and rng is None:
-            raise MedstackError(f"{type(self).__name__} is random: call it with rng=torch.Generator (or inside "
+            raise ArgumentError(f"{type(self).__name__} is random: call it with rng=torch.Generator (or inside "
                                 "Compose(..., seed=...))")  # fmt: skip
-        params = self.sample_params(out, rng) if self.random else None
+        params = self.call_params(out, rng)
         for key in present:
             value = out[key]
             if not isinstance(value, Volume):
-                raise MedstackError(f"{type(self).__name__}: sample[{key!r}] is a {type(value).__name__}, expected a "
+                raise ArgumentError(f"{type(self).__name__}: sample[{key!r}] is a {type(value).__name__}, expected a "
                                     "medstack.Volume")  # fmt: skip
             out[key] = self.apply(value, params, key)
         return out
@@ -114,7 +120,7 @@ class RandomTransform(Transform):
     def __init__(self, keys=("image",), *, p: float = 1.0, allow_missing_keys: bool = False):
         super().__init__(keys, allow_missing_keys=allow_missing_keys)
         if not 0.0 <= p <= 1.0:
-            raise MedstackError(f"{type(self).__name__}: p must be in [0, 1], got {p}")
+            raise ArgumentError(f"{type(self).__name__}: p must be in [0, 1], got {p}")
         self.p = p
 
     def sample_params(self, sample, rng):
@@ -148,11 +154,11 @@ def interpolation_for(keys: Sequence[str], mode, owner: str) -> dict[str, str]:
         modes = {k: mode.get(k, "linear") for k in keys}
     else:
         if len(mode) != len(keys):
-            raise MedstackError(f"{owner}: mode has {len(mode)} entries for {len(keys)} keys")
+            raise ArgumentError(f"{owner}: mode has {len(mode)} entries for {len(keys)} keys")
         modes = dict(zip(keys, mode))
     for k, m in modes.items():
         if m not in ("linear", "nearest", "cubic"):
-            raise MedstackError(f"{owner}: mode for key {k!r} must be linear, nearest or cubic, got {m!r}")
+            raise ArgumentError(f"{owner}: mode for key {k!r} must be linear, nearest or cubic, got {m!r}")
         if m != "nearest" and any(h in k.lower() for h in LABEL_HINTS):
             warnings.warn(f"{owner}: key {k!r} looks like a label map but uses {m!r} interpolation (label values "
                           "will be blended); use mode='nearest' for it", UserWarning, stacklevel=3)  # fmt: skip
@@ -172,7 +178,7 @@ class Compose:
         self.transforms = list(transforms)
         for t in self.transforms:
             if not callable(t):
-                raise MedstackError(f"Compose: {t!r} is not callable")
+                raise ArgumentError(f"Compose: {t!r} is not callable")
         if seed is None:
             seed = int(np.random.SeedSequence().entropy % (2**31))  # fresh entropy, never the global RNG
         self.seed = int(seed)
@@ -204,17 +210,17 @@ class OneOf:
     def __init__(self, transforms: Sequence, weights: Sequence[float] | None = None):
         self.transforms = list(transforms)
         if not self.transforms:
-            raise MedstackError("OneOf needs at least one transform")
+            raise ArgumentError("OneOf needs at least one transform")
         w = np.ones(len(self.transforms)) if weights is None else np.asarray(weights, dtype=np.float64)
         if w.shape != (len(self.transforms),) or np.any(w < 0) or w.sum() <= 0:
-            raise MedstackError(f"OneOf: weights must be {len(self.transforms)} non-negative numbers, got {weights}")
+            raise ArgumentError(f"OneOf: weights must be {len(self.transforms)} non-negative numbers, got {weights}")
         self.weights = w / w.sum()
 
     def __call__(self, sample, rng=None):
         import torch
 
         if rng is None:
-            raise MedstackError("OneOf is random: call it with rng= or inside Compose(..., seed=...)")
+            raise ArgumentError("OneOf is random: call it with rng= or inside Compose(..., seed=...)")
         u = torch.rand((), generator=rng).item()
         i = min(int(np.searchsorted(np.cumsum(self.weights), u, side="right")), len(self.transforms) - 1)
         return _call(self.transforms[i], sample, rng)
@@ -228,14 +234,14 @@ class RandomApply:
     def __init__(self, transforms, p: float = 0.5):
         self.transforms = list(transforms) if isinstance(transforms, Sequence) else [transforms]
         if not 0.0 <= p <= 1.0:
-            raise MedstackError(f"RandomApply: p must be in [0, 1], got {p}")
+            raise ArgumentError(f"RandomApply: p must be in [0, 1], got {p}")
         self.p = p
 
     def __call__(self, sample, rng=None):
         import torch
 
         if rng is None:
-            raise MedstackError("RandomApply is random: call it with rng= or inside Compose(..., seed=...)")
+            raise ArgumentError("RandomApply is random: call it with rng= or inside Compose(..., seed=...)")
         if torch.rand((), generator=rng).item() >= self.p:
             return sample
         for t in self.transforms:

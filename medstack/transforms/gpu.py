@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
-from medstack.errors import MedstackError
+from medstack.errors import ArgumentError, GeometryError
 
 __all__ = ["BatchAugment"]
 
@@ -70,7 +70,7 @@ class BatchAugment:
         self.gamma, self.contrast, self.brightness, self.noise_std = gamma, contrast, brightness, noise_std
         self.spacing = tuple(float(s) for s in spacing)
         if padding_mode not in ("zeros", "border", "reflection"):
-            raise MedstackError(f"padding_mode must be zeros, border or reflection, got {padding_mode!r}")
+            raise ArgumentError(f"padding_mode must be zeros, border or reflection, got {padding_mode!r}")
         self.padding_mode = padding_mode
 
     def sample_params(self, batch: int, generator, device):
@@ -125,9 +125,9 @@ class BatchAugment:
         import torch.nn.functional as F
 
         if images.ndim != 5:
-            raise MedstackError(f"BatchAugment expects (B, C, D, H, W), got shape {tuple(images.shape)}")
+            raise GeometryError(f"BatchAugment expects (B, C, D, H, W), got shape {tuple(images.shape)}")
         if labels is not None and (labels.shape[0] != images.shape[0] or labels.shape[2:] != images.shape[2:]):
-            raise MedstackError(f"labels {tuple(labels.shape)} do not match images {tuple(images.shape)}")
+            raise GeometryError(f"labels {tuple(labels.shape)} do not match images {tuple(images.shape)}")
         b, _, d, h, w = images.shape
         dev = images.device
         work = images.dtype if images.dtype.is_floating_point else torch.float32

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from medstack.errors import MedstackError
+from medstack.errors import ArgumentError, GeometryError
 from medstack.transforms.base import RandomTransform, Transform, _as_range, uniform
 from medstack.viz import WINDOWS
 from medstack.volume import Volume
@@ -38,7 +38,7 @@ def to_float(x):
 def window(x, level: float, width: float, out_range=(0.0, 1.0)):
     """CT window: ``[level - width/2, level + width/2]`` mapped linearly to ``out_range`` and clipped."""
     if width <= 0:
-        raise MedstackError(f"window width must be positive, got {width}")
+        raise ArgumentError(f"window width must be positive, got {width}")
     lo = level - width / 2.0
     return scale_to_range(x, lo, lo + width, out_range, clip_output=True)
 
@@ -51,7 +51,7 @@ def clip(x, low: float, high: float):
 def scale_to_range(x, a_min: float, a_max: float, out_range=(0.0, 1.0), *, clip_output: bool = False):
     """Map ``[a_min, a_max]`` linearly to ``out_range`` (MONAI's ScaleIntensityRange)."""
     if a_max == a_min:
-        raise MedstackError(f"scale_to_range: a_min == a_max == {a_min}")
+        raise ArgumentError(f"scale_to_range: a_min == a_max == {a_min}")
     b0, b1 = out_range
     x = to_float(x)
     y = (x - a_min) * ((b1 - b0) / (a_max - a_min)) + b0
@@ -75,7 +75,7 @@ def zscore(x, mask=None, *, nonzero: bool = False, per_channel: bool = True, eps
             m = np.asarray(mask.to_numpy() if isinstance(mask, Volume) else mask, dtype=bool)
             m = m[c] if m.ndim == 4 and per_channel else (m[0] if m.ndim == 4 else m)
             if m.shape != v.shape[-3:]:
-                raise MedstackError(f"zscore: mask shape {m.shape} does not match the volume {v.shape[-3:]}")
+                raise GeometryError(f"zscore: mask shape {m.shape} does not match the volume {v.shape[-3:]}")
             sel &= np.broadcast_to(m, v.shape)
         if nonzero:
             sel &= v != 0
@@ -104,12 +104,12 @@ class Window(Transform):
         super().__init__(keys, allow_missing_keys=allow_missing_keys)
         if preset is not None:
             if preset.lower() not in WINDOWS:
-                raise MedstackError(f"Window: unknown preset {preset!r}; presets: {', '.join(sorted(WINDOWS))}")
+                raise ArgumentError(f"Window: unknown preset {preset!r}; presets: {', '.join(sorted(WINDOWS))}")
             level, width = WINDOWS[preset.lower()]
         if level is None or width is None:
-            raise MedstackError("Window: give a preset or both level= and width=")
+            raise ArgumentError("Window: give a preset or both level= and width=")
         if width <= 0:
-            raise MedstackError(f"Window: width must be positive, got {width}")
+            raise ArgumentError(f"Window: width must be positive, got {width}")
         self.level, self.width, self.out_range = float(level), float(width), out_range
 
     def apply(self, volume, params, key):
@@ -132,7 +132,7 @@ class ScaleToRange(Transform):
                  clip: bool = False, allow_missing_keys=False):  # fmt: skip
         super().__init__(keys, allow_missing_keys=allow_missing_keys)
         if a_max == a_min:
-            raise MedstackError("ScaleToRange: a_min == a_max")
+            raise ArgumentError("ScaleToRange: a_min == a_max")
         self.a_min, self.a_max, self.out_range, self.clip = a_min, a_max, out_range, clip
 
     def apply(self, volume, params, key):
@@ -147,20 +147,16 @@ class ZScore(Transform):
                  per_channel: bool = True, allow_missing_keys=False):  # fmt: skip
         super().__init__(keys, allow_missing_keys=allow_missing_keys)
         self.mask_key, self.nonzero, self.per_channel = mask_key, nonzero, per_channel
-        self._mask = None
 
-    def __call__(self, sample, rng=None):
-        if self.mask_key is not None:
-            if self.mask_key not in sample:
-                raise MedstackError(f"ZScore: mask key {self.mask_key!r} not in the sample")
-            self._mask = sample[self.mask_key].to_numpy() > 0
-        try:
-            return super().__call__(sample, rng)
-        finally:
-            self._mask = None
+    def call_params(self, sample, rng):
+        if self.mask_key is None:
+            return None
+        if self.mask_key not in sample:
+            raise ArgumentError(f"ZScore: mask key {self.mask_key!r} not in the sample")
+        return sample[self.mask_key].to_numpy() > 0  # the mask travels as this call's parameter, not on self
 
     def apply(self, volume, params, key):
-        return volume.replace(data=zscore(_data(volume), self._mask, nonzero=self.nonzero,
+        return volume.replace(data=zscore(_data(volume), params, nonzero=self.nonzero,
                                           per_channel=self.per_channel))  # fmt: skip
 
 
@@ -171,7 +167,7 @@ class PercentileScale(Transform):
                  clip: bool = True, allow_missing_keys=False):  # fmt: skip
         super().__init__(keys, allow_missing_keys=allow_missing_keys)
         if not 0 <= lower < upper <= 100:
-            raise MedstackError(f"PercentileScale: need 0 <= lower < upper <= 100, got {lower}, {upper}")
+            raise ArgumentError(f"PercentileScale: need 0 <= lower < upper <= 100, got {lower}, {upper}")
         self.lower, self.upper, self.out_range, self.clip = lower, upper, out_range, clip
 
     def apply(self, volume, params, key):

@@ -10,9 +10,11 @@
 
 from __future__ import annotations
 
+import threading
+
 from monai.transforms import Randomizable
 
-from medstack.errors import MedstackError
+from medstack.errors import ArgumentError
 from medstack.volume import Volume
 
 __all__ = ["FromMonai", "ToMonai"]
@@ -27,22 +29,40 @@ class FromMonai:
         self.transform = transform
         self.keys = tuple(keys) if keys is not None else tuple(getattr(transform, "keys", ()) or ())
         if not self.keys:
-            raise MedstackError("FromMonai: cannot tell which keys the MONAI transform uses; pass keys=")
+            raise ArgumentError("FromMonai: cannot tell which keys the MONAI transform uses; pass keys=")
+        self._lock = threading.Lock()
+
+    def __getstate__(self):  # picklable for DataLoader workers: the lock is per process
+        state = dict(self.__dict__)
+        state.pop("_lock", None)
+        return state
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self._lock = threading.Lock()
 
     def __call__(self, sample, rng=None):
         import torch
 
-        if hasattr(self.transform, "set_random_state"):
-            if rng is None:
-                raise MedstackError("FromMonai wraps a random MONAI transform: call it inside Compose(..., seed=)")
-            self.transform.set_random_state(seed=int(torch.randint(0, 2**31 - 1, (), generator=rng).item()))
+        random = hasattr(self.transform, "set_random_state")
+        if random and rng is None:
+            raise ArgumentError("FromMonai wraps a random MONAI transform: call it inside Compose(..., seed=)")
+        seed = int(torch.randint(0, 2**31 - 1, (), generator=rng).item()) if random else None
         data = dict(sample)
         metas = {}
         for k in self.keys:
             if k in data and isinstance(data[k], Volume):
                 metas[k] = data[k].metadata
                 data[k] = data[k].to_monai()
-        out = self.transform(data)
+        if random:
+            # a random MONAI transform keeps its random state and its drawn parameters on itself (randomize()
+            # then apply per key): calls from several threads (PatchLoader) must not interleave, or one call's
+            # label gets another call's flip/rotation
+            with self._lock:
+                self.transform.set_random_state(seed=seed)
+                out = self.transform(data)
+        else:
+            out = self.transform(data)
         result = dict(out)
         for k, meta in metas.items():
             result[k] = Volume.from_monai(out[k], metadata={m: v for m, v in meta.items()})

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from medstack import geometry
-from medstack.errors import MedstackError
+from medstack.errors import ArgumentError, GeometryError
 from medstack.transforms.base import RandomTransform, Transform, _as_range, interpolation_for, uniform
 from medstack.volume import Volume
 
@@ -66,7 +66,7 @@ def rot90_volume(volume: Volume, k: int, axes=(1, 2)) -> Volume:
     """``np.rot90`` on spatial axes ``axes`` (0 = D, 1 = H, 2 = W) with the affine updated exactly."""
     p, q = axes
     if p == q or not {p, q} <= {0, 1, 2}:
-        raise MedstackError(f"rot90 axes must be two different spatial axes in 0..2, got {axes}")
+        raise ArgumentError(f"rot90 axes must be two different spatial axes in 0..2, got {axes}")
     k %= 4
     vol = volume
     if k == 1:  # numpy: transpose(flip(m, q))
@@ -120,7 +120,7 @@ class Flip(Transform):
         super().__init__(keys, allow_missing_keys=allow_missing_keys)
         self.axes = tuple(axes)
         if not set(self.axes) <= {0, 1, 2}:
-            raise MedstackError(f"Flip: axes must be spatial axes 0 (D), 1 (H), 2 (W), got {axes}")
+            raise ArgumentError(f"Flip: axes must be spatial axes 0 (D), 1 (H), 2 (W), got {axes}")
 
     def apply(self, volume, params, key):
         return _record(volume, flip_volume(volume, self.axes), "flip")
@@ -184,33 +184,32 @@ class CropOrPad(Transform):
         super().__init__(keys, allow_missing_keys=allow_missing_keys)
         self.size = tuple(int(s) for s in size)
         if len(self.size) != 3 or min(self.size) < 1:
-            raise MedstackError(f"CropOrPad: size must be three positive ints (D, H, W), got {size}")
+            raise ArgumentError(f"CropOrPad: size must be three positive ints (D, H, W), got {size}")
         self.foreground_key, self.pad_value, self.allow_pad = foreground_key, pad_value, allow_pad
 
-    def __call__(self, sample, rng=None):
-        if isinstance(sample, Volume):
-            return super().__call__(sample, rng)
+    def call_params(self, sample, rng):
+        """The crop/pad start (d, h, w) of this call, shared by all keys (computed, never stored on self)."""
         ref = next((sample[k] for k in self.keys if k in sample), None)
         if ref is None:
-            return super().__call__(sample, rng)
+            return None
         shape = ref.spatial_shape
         if not self.allow_pad and any(z > n for z, n in zip(self.size, shape)):
-            raise MedstackError(f"CropOrPad: size {self.size} is larger than the volume {shape} and allow_pad=False")
+            raise GeometryError(f"CropOrPad: size {self.size} is larger than the volume {shape} and allow_pad=False")
         center = [n / 2.0 for n in shape]
         if self.foreground_key is not None:
             if self.foreground_key not in sample:
-                raise MedstackError(f"CropOrPad: foreground key {self.foreground_key!r} not in the sample")
+                raise ArgumentError(f"CropOrPad: foreground key {self.foreground_key!r} not in the sample")
             fg = np.nonzero(sample[self.foreground_key].to_numpy().max(axis=0) > 0)
             if fg[0].size:
                 center = [(ax.min() + ax.max() + 1) / 2.0 for ax in fg]
-        self._start = [math.floor(c - z / 2.0) for c, z in zip(center, self.size)]
+        start = [math.floor(c - z / 2.0) for c, z in zip(center, self.size)]
         if self.foreground_key is None or not self.allow_pad:
-            self._start = [max(min(s, n - z), 0) if z <= n else s for s, z, n in zip(self._start, self.size, shape)]
-        return super().__call__(sample, rng)
+            start = [max(min(s, n - z), 0) if z <= n else s for s, z, n in zip(start, self.size, shape)]
+        return start
 
     def apply(self, volume, params, key):
-        start = getattr(self, "_start", None)
-        if start is None:  # bare Volume call
+        start = params
+        if start is None:  # apply() called directly on a Volume: centred
             start = [math.floor(n / 2.0 - z / 2.0) for n, z in zip(volume.spatial_shape, self.size)]
         return _record(volume, crop_or_pad_volume(volume, start, self.size, _fill(volume, self.pad_value)), "crop_or_pad")
 
@@ -224,23 +223,22 @@ class CropForeground(Transform):
         self.source_key, self.threshold = source_key, threshold
         self.margin = (int(margin),) * 3 if isinstance(margin, int) else tuple(int(m) for m in margin)
 
-    def __call__(self, sample, rng=None):
+    def call_params(self, sample, rng):
+        """The box ``(start, size)`` of this call, shared by all keys; ``None`` for an empty foreground."""
         if self.source_key not in sample:
-            raise MedstackError(f"CropForeground: source key {self.source_key!r} not in the sample")
+            raise ArgumentError(f"CropForeground: source key {self.source_key!r} not in the sample")
         src = sample[self.source_key]
         fg = np.nonzero((src.to_numpy() > self.threshold).any(axis=0))
         if not fg[0].size:
-            self._box = None
-        else:
-            lo = [max(0, int(ax.min()) - m) for ax, m in zip(fg, self.margin)]
-            hi = [min(n, int(ax.max()) + 1 + m) for ax, m, n in zip(fg, self.margin, src.spatial_shape)]
-            self._box = (lo, [h - low for h, low in zip(hi, lo)])
-        return super().__call__(sample, rng)
+            return None
+        lo = [max(0, int(ax.min()) - m) for ax, m in zip(fg, self.margin)]
+        hi = [min(n, int(ax.max()) + 1 + m) for ax, m, n in zip(fg, self.margin, src.spatial_shape)]
+        return lo, [h - low for h, low in zip(hi, lo)]
 
     def apply(self, volume, params, key):
-        if self._box is None:
+        if params is None:
             return volume  # empty foreground: nothing to crop to (documented)
-        return _record(volume, crop_or_pad_volume(volume, *self._box), "crop_foreground")
+        return _record(volume, crop_or_pad_volume(volume, *params), "crop_foreground")
 
 
 def _grid(affine, shape) -> Volume:
@@ -318,7 +316,7 @@ class RandomElastic(RandomTransform):
                  mode=None, p=1.0, allow_missing_keys=True):  # fmt: skip
         super().__init__(keys, p=p, allow_missing_keys=allow_missing_keys)
         if control_points < 4:
-            raise MedstackError("RandomElastic: control_points must be >= 4")
+            raise ArgumentError("RandomElastic: control_points must be >= 4")
         self.control_points, self.max_displacement_mm = int(control_points), float(max_displacement_mm)
         self.modes = interpolation_for(self.keys, mode, "RandomElastic")
 
@@ -401,15 +399,15 @@ def invert(x, *, reference: Volume | None = None, mode: str = "linear"):
         return out
     if not isinstance(x, Volume):
         if reference is None:
-            raise MedstackError("invert: a tensor/array needs reference= (the transformed Volume it lies on)")
+            raise ArgumentError("invert: a tensor/array needs reference= (the transformed Volume it lies on)")
         if tuple(x.shape[-3:]) != reference.spatial_shape:
-            raise MedstackError(f"invert: data shape {tuple(x.shape)} does not match the reference grid "
+            raise GeometryError(f"invert: data shape {tuple(x.shape)} does not match the reference grid "
                                 f"{reference.spatial_shape}")  # fmt: skip
         vol = invert(Volume(x, reference.affine, reference.metadata), mode=mode)
         return vol.data
     hist = x.metadata.get(HISTORY)
     if not hist:
-        raise MedstackError("invert: this volume has no recorded invertible transform (metadata['transform_grids'])")
+        raise ArgumentError("invert: this volume has no recorded invertible transform (metadata['transform_grids'])")
     first = hist[0]
     target = _grid(np.array(first["affine"]), tuple(first["shape"]))
     meta = dict(x.metadata)
