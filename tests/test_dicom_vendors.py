@@ -439,3 +439,15 @@ def test_two_copies_of_one_series_are_refused_not_stacked_as_time_points(tmp_pat
                        file_prefix="copy")  # re-exported copy: new SOPInstanceUIDs, same everything else
     with pytest.raises(DicomError, match="cannot be told"):
         medstack.load(tmp_path)
+
+
+def test_echoes_with_one_echo_number_are_named_by_echo_time(tmp_path):
+    truth, affine = _truth((3, 8, 8), "LPS")
+    _kind_series(tmp_path, truth, affine, [
+        ({"EchoNumbers": 1, "EchoTime": "9.8"}, 20),
+        ({"EchoNumbers": 1, "EchoTime": "4.9"}, 10),
+    ])  # fmt: skip
+    vol = medstack.load(tmp_path)
+    assert vol.metadata["channel_names"] == ["e1", "e2"] and vol.metadata["echo_times_ms"] == [4.9, 9.8]
+    _assert_world_equal(vol.replace(data=vol.data[1:]), truth + 20, affine)
+    _assert_world_equal(medstack.load(tmp_path, echo=2), truth + 20, affine)

@@ -269,10 +269,12 @@ def select_channels(info: SeriesInfo, *, echo=None, image_type=None) -> SeriesIn
     if image_type is not None:
         kinds = {str(k).lower() for k in (image_type if isinstance(image_type, list | tuple | set) else [image_type])}
     keep = []
+    pairs = {(x.get("echo_number"), x["echo_time_ms"]) for x in info.channels}
+    numbers_tell = None not in {n for n, _ in pairs} and len({n for n, _ in pairs}) == len(pairs)
+    times = sorted({t for _, t in pairs if t is not None})
     for c, ch in enumerate(info.channels):
         echo_no = ch.get("echo_number")
-        if echo_no is None and echoes is not None:  # echoes told apart by echo time only: number them by TE
-            times = sorted({x["echo_time_ms"] for x in info.channels if x["echo_time_ms"] is not None})
+        if not numbers_tell:  # echoes told apart by echo time only: number them by TE, as their names do
             echo_no = times.index(ch["echo_time_ms"]) + 1 if ch["echo_time_ms"] in times else None
         if echoes is not None and echo_no not in echoes:
             continue

@@ -287,8 +287,9 @@ def _kind_labels(kinds: list[tuple]) -> list[str]:
             lab.append(c or "image")
     if len(set(zip(echos, times))) > 1:
         keys = sorted(set(zip(echos, times)), key=lambda e: (e[0] if e[0] is not None else 0, e[1] or 0.0))
+        numbers_tell = len({e for e in echos}) == len(keys) and None not in echos  # else number echoes by TE order
         for lab, e in zip(labels, zip(echos, times)):
-            lab.append(f"e{e[0] if e[0] is not None else keys.index(e) + 1}")
+            lab.append(f"e{e[0] if numbers_tell else keys.index(e) + 1}")
     for lab, d in zip(labels, derived):
         if d:
             lab.append(d)
