@@ -113,7 +113,10 @@ def _info_folder(args) -> int:
     if args.json:
         print(json.dumps([s.summary() for s in series], indent=2))
     if not series:
-        raise medstack.DicomError(f"{args.path}: no DICOM image series found")
+        volumes = dicom.volume_files(args.path)
+        hint = f"; the folder holds {len(volumes)} volume file(s), e.g. {volumes[0]}: pass a file" if volumes else ""
+        reasons = "".join(f"; {f.message}" for f in series.findings if f.severity != "info")[:500]
+        raise medstack.DicomError(f"{args.path}: no DICOM image series found{hint}{reasons}")
     if args.json:
         return 0
     _say(f"{args.path}: {len(series)} series")

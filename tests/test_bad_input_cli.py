@@ -462,3 +462,11 @@ def test_truncated_slice_fails_the_series_unless_dropped_and_the_drop_is_printed
     assert code == 0 and "unreadable" in out + err
     (nii,) = list((tmp_path / "out2").rglob("*.nii.gz"))
     assert medstack.load(nii).shape[1] == len(files) - 1
+
+
+def test_info_on_a_folder_of_volume_files_says_to_pass_a_file(capsys, tmp_path):
+    medstack.save(phantom((4, 8, 8)), tmp_path / "a.nii.gz")
+    code, out, err = run(capsys, "info", tmp_path)
+    assert code == 1 and "pass a file" in err and "a.nii.gz" in err and "Traceback" not in out + err
+    with pytest.raises(medstack.DicomError, match=r"volume file\(s\) \(e\.g\. a\.nii\.gz\)"):
+        medstack.io.dicom.load(tmp_path)

@@ -492,6 +492,13 @@ def _metadata(info: SeriesInfo, frames, findings, positions) -> dict:
     return meta
 
 
+def volume_files(folder) -> list[str]:
+    from medstack.io import FORMATS
+
+    suffixes = tuple(e.lower() for f in FORMATS if f.name != "dicom" for e in f.extensions)
+    return sorted(n for n in os.listdir(folder) if n.lower().endswith(suffixes))
+
+
 def select(series: Sequence[SeriesInfo], choice=None, *, where: str = "") -> SeriesInfo:
     """Pick one series: by SeriesInfo, UID, SeriesNumber or description; or the single non-localizer."""
     if not series:
@@ -554,6 +561,11 @@ def load(
     """
     found = scan(path, recursive=recursive, workers=workers, on_gap=on_gap, strict=strict)
     where = str(path) if isinstance(path, str | os.PathLike) else "given files"
+    if not found and isinstance(path, str | os.PathLike) and os.path.isdir(path):
+        volumes = volume_files(path)
+        if volumes:
+            raise DicomError(f"{where}: no DICOM image series found, but the folder holds {len(volumes)} volume "
+                             f"file(s) (e.g. {volumes[0]}): load one file at a time")  # fmt: skip
     if (echo is not None or image_type is not None) and series is None and len(found) > 1:
         matching = []
         for s in found:
