@@ -3,6 +3,11 @@
 Display convention (as radiology viewers): axial and coronal views show the patient's right on the left
 of the image; axial has anterior at the top; coronal and sagittal have superior at the top; sagittal has
 anterior on the left. Each panel is labelled with orientation letters and drawn in mm (true aspect).
+
+Figures are built with :class:`matplotlib.figure.Figure` directly: nothing here imports pyplot or
+selects a matplotlib backend, so the user's backend (and ``plt.show()``) is never changed. The returned
+:class:`VizFigure` is a plain Figure that also renders itself as PNG for Jupyter / VS Code / IPython
+(``_repr_png_``), so a viz call as the last line of a cell shows the picture inline.
 """
 
 from __future__ import annotations
@@ -35,6 +40,73 @@ _VIEWS = {
 }
 
 
+_FIGURE_CLASS = None
+
+
+def _figure_class():
+    """:class:`VizFigure`, created on first use so importing medstack does not import matplotlib."""
+    global _FIGURE_CLASS
+    if _FIGURE_CLASS is None:
+        from matplotlib.figure import Figure
+
+        class VizFigure(Figure):
+            """A :class:`matplotlib.figure.Figure` that notebooks display inline as PNG.
+
+            It belongs to no pyplot figure manager (``plt.show()`` does not show it, ``plt.close`` is not
+            needed); use :meth:`savefig` or :meth:`save` to write it to a file.
+            """
+
+            def _repr_png_(self) -> bytes:
+                return _png_bytes(self)
+
+            def save(self, path, *, overwrite: bool = False, dpi=None) -> Path:
+                """Write the figure as PNG (or the format of ``path``'s suffix) atomically; return the path."""
+                return _save_figure(self, path, overwrite=overwrite, dpi=dpi)
+
+        VizFigure.__module__ = __name__
+        VizFigure.__qualname__ = "VizFigure"
+        _FIGURE_CLASS = VizFigure
+    return _FIGURE_CLASS
+
+
+def __getattr__(name):
+    if name == "VizFigure":
+        return _figure_class()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def _new_figure(**kwargs):
+    return _figure_class()(**kwargs)
+
+
+def _png_bytes(fig, dpi=None) -> bytes:
+    """The figure rendered to PNG bytes with the Agg canvas (no backend switch, no pyplot)."""
+    import io
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi or fig.dpi, bbox_inches="tight", facecolor="white")
+    return buf.getvalue()
+
+
+def _save_figure(fig, path, *, overwrite: bool = False, dpi=None) -> Path:
+    from medstack.io._atomic import atomic_output
+
+    path = Path(path)
+    fmt = path.suffix.lstrip(".").lower() or "png"
+    supported = fig.canvas.get_supported_filetypes()
+    if fmt not in supported:
+        raise ArgumentError(f"{path}: cannot write a figure as {fmt!r}; use one of {', '.join(sorted(supported))}")
+    with atomic_output(path, overwrite=overwrite) as tmp:
+        fig.savefig(tmp, format=fmt, dpi=dpi or fig.dpi, facecolor="white")
+    return path
+
+
+def _finish(fig, path, overwrite):
+    if path is not None:
+        _save_figure(fig, path, overwrite=overwrite)
+    return fig
+
+
 def parse_window(window, data=None) -> tuple[float, float]:
     """``(vmin, vmax)`` from a preset name, ``(level, width)``, ``"level,width"``, or None (1-99 percentiles)."""
     if window is None:
@@ -42,7 +114,7 @@ def parse_window(window, data=None) -> tuple[float, float]:
             return 0.0, 1.0
         finite = np.asarray(data, dtype=np.float64)
         finite = finite[np.isfinite(finite)]
-        lo, hi = (np.percentile(finite, [1, 99]) if finite.size else (0.0, 1.0))
+        lo, hi = np.percentile(finite, [1, 99]) if finite.size else (0.0, 1.0)
         return float(lo), float(hi if hi > lo else lo + 1)
     if isinstance(window, str):
         if window.lower() in WINDOWS:
@@ -81,7 +153,7 @@ def _panel(vol: Volume, view: str, index_ijk):
 
 def orthoview(volume: Volume, *, at=None, label: Volume | None = None, window=None, title: str | None = None,
               channel: int = 0, alpha: float = 0.4):  # fmt: skip
-    """A matplotlib Figure with axial, coronal and sagittal slices of ``volume``.
+    """A :class:`VizFigure` (a matplotlib Figure) with axial, coronal and sagittal slices of ``volume``.
 
     Parameters
     ----------
@@ -92,11 +164,6 @@ def orthoview(volume: Volume, *, at=None, label: Volume | None = None, window=No
     window : str or (level, width), optional
         CT preset (see :data:`WINDOWS`) or explicit window; default: 1st-99th percentiles.
     """
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    from matplotlib.figure import Figure
-
     vol = _check(volume)
     if min(vol.spatial_shape) < 1 or vol.to_numpy().size == 0:
         raise ArgumentError("cannot show an empty volume")
@@ -118,7 +185,7 @@ def orthoview(volume: Volume, *, at=None, label: Volume | None = None, window=No
         if np.any(index < 0) or np.any(index >= shape_ijk):
             raise GeometryError(f"at={tuple(at)} mm lies outside the volume (voxel {tuple(index)})")
     vmin, vmax = parse_window(window, vol.to_numpy())
-    fig = Figure(figsize=(12, 4.4), dpi=100)
+    fig = _new_figure(figsize=(12, 4.4), dpi=100)
     axes = fig.subplots(1, 3)
     for ax, view in zip(axes, ("axial", "coronal", "sagittal")):
         plane, extent = _panel(vol, view, index)
@@ -171,14 +238,18 @@ def _label_on_grid(label: Volume | None, image: Volume) -> Volume | None:
     return out
 
 
-def show(volume_or_sample, at=None, label: Volume | None = None, window=None, *, title=None, channel: int = 0):
+def show(volume_or_sample, at=None, label: Volume | None = None, window=None, *, title=None, channel: int = 0,
+         path=None, overwrite: bool = False):  # fmt: skip
     """Three orthogonal slices in anatomical orientation with letters, mm axes, optional label overlay.
 
-    Returns a matplotlib Figure (no global pyplot state). A sample dict shows its "image" with its "label".
+    Returns a :class:`VizFigure`: a matplotlib Figure (no pyplot state, no backend change) that Jupyter
+    shows inline. A sample dict shows its "image" with its "label". With ``path`` the figure is also
+    written there (PNG, or the format of the suffix), atomically; an existing file needs ``overwrite``.
     """
     vol, lab = _as_volume(volume_or_sample)
     lab = _label_on_grid(label if label is not None else lab, vol)
-    return orthoview(vol, at=at, label=lab, window=window, title=title, channel=channel)
+    fig = orthoview(vol, at=at, label=lab, window=window, title=title, channel=channel)
+    return _finish(fig, path, overwrite)
 
 
 def _panel_boxes(vol: Volume, starts, patch_size, view: str, index_ijk):
@@ -207,10 +278,12 @@ def _panel_boxes(vol: Volume, starts, patch_size, view: str, index_ijk):
     return out
 
 
-def show_patches(volume_or_sample, patch_positions, patch_size, *, at=None, window=None, title=None, color="cyan"):
+def show_patches(volume_or_sample, patch_positions, patch_size, *, at=None, window=None, title=None, color="cyan",
+                 path=None, overwrite: bool = False):  # fmt: skip
     """Draw patch boxes (starts ``(n, 3)`` in voxels d, h, w of the volume) on the three planes.
 
-    The planes pass through ``at`` (default: the centre of the first patch).
+    The planes pass through ``at`` (default: the centre of the first patch). Returns a :class:`VizFigure`;
+    ``path`` also writes it to a file (see :func:`show`).
     """
     from matplotlib.patches import Rectangle
 
@@ -219,18 +292,27 @@ def show_patches(volume_or_sample, patch_positions, patch_size, *, at=None, wind
     size = np.broadcast_to(np.asarray(patch_size, dtype=np.float64), (3,))
     if at is None and len(starts):
         at = vol.voxel_to_world((starts[0] + size / 2 - 0.5)[::-1])
-    fig = orthoview(vol, at=at, label=lab, window=window,
-                    title=title or f"{len(starts)} patches of {tuple(int(s) for s in size)}")
+    fig = orthoview(
+        vol, at=at, label=lab, window=window, title=title or f"{len(starts)} patches of {tuple(int(s) for s in size)}"
+    )
     lps = vol.reoriented("LPS")
-    index = np.round(lps.world_to_voxel(np.asarray(at))).astype(int) if at is not None else (np.array(lps.spatial_shape[::-1]) - 1) // 2
+    index = (
+        np.round(lps.world_to_voxel(np.asarray(at))).astype(int)
+        if at is not None
+        else (np.array(lps.spatial_shape[::-1]) - 1) // 2
+    )
     for ax, view in zip(fig.axes, ("axial", "coronal", "sagittal")):
         for x0, y0, w, h in _panel_boxes(vol, starts, size, view, index):
             ax.add_patch(Rectangle((x0, y0), w, h, fill=False, edgecolor=color, linewidth=1.2))
-    return fig
+    return _finish(fig, path, overwrite)
 
 
-def show_sampling_map(volume: Volume, sampler, *, case=None, n: int = 2000, seed: int = 0, window=None):
-    """Where a sampler draws patch centres: a heat map of ``n`` draws over the three planes' maximum projection."""
+def show_sampling_map(volume: Volume, sampler, *, case=None, n: int = 2000, seed: int = 0, window=None, path=None,
+                      overwrite: bool = False):  # fmt: skip
+    """Where a sampler draws patch centres: a heat map of ``n`` draws over the three planes' maximum projection.
+
+    Returns a :class:`VizFigure`; ``path`` also writes it to a file (see :func:`show`).
+    """
     from medstack.patches.samplers import CaseInfo
 
     vol, _ = _as_volume(volume)
@@ -252,18 +334,20 @@ def show_sampling_map(volume: Volume, sampler, *, case=None, n: int = 2000, seed
             proj = proj[::-1]
         ax.imshow(np.ma.masked_equal(proj, 0), cmap="autumn", alpha=0.7, extent=ax.images[0].get_extent(),
                   interpolation="nearest")  # fmt: skip
-    return fig
+    return _finish(fig, path, overwrite)
 
 
-def compare(a: Volume, b: Volume, *, at=None, window=None, titles=("before", "after")):
-    """Two rows of orthogonal slices (e.g. before / after a transform), each through the same world point."""
-    from matplotlib.figure import Figure
+def compare(a: Volume, b: Volume, *, at=None, window=None, titles=("before", "after"), path=None,
+            overwrite: bool = False):  # fmt: skip
+    """Two rows of orthogonal slices (e.g. before / after a transform), each through the same world point.
 
+    Returns a :class:`VizFigure`; ``path`` also writes it to a file (see :func:`show`).
+    """
     va, _ = _as_volume(a, "a")
     vb, _ = _as_volume(b, "b")
     if at is None:
         at = va.voxel_to_world((np.array(va.spatial_shape[::-1]) - 1) / 2)
-    fig = Figure(figsize=(12, 8.6), dpi=100)
+    fig = _new_figure(figsize=(12, 8.6), dpi=100)
     subfigs = fig.subfigures(2, 1)
     for sub, vol, name in zip(subfigs, (va, vb), titles):
         single = orthoview(vol, at=at, window=window, title=name)
@@ -275,7 +359,7 @@ def compare(a: Volume, b: Volume, *, at=None, window=None, titles=("before", "af
                 dst.text(*t.get_position(), t.get_text(), color="yellow", fontsize=12, fontweight="bold",
                          ha="center", va="center")  # fmt: skip
             dst.set_title(f"{name}: {src.get_title()}")
-    return fig
+    return _finish(fig, path, overwrite)
 
 
 def thumbnail_png(volume: Volume, size: int = 96) -> bytes:

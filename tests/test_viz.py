@@ -116,3 +116,113 @@ def test_preview_cli_png_of_sample(tmp_path):
 
     out = save_preview(medstack.load("data_samples/nifti/mr_t2.nii.gz"), tmp_path / "t2.png")
     assert out.stat().st_size > 10000
+
+
+# --- display in notebooks, no backend change, saving ---------------------------------------------------------
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def all_figures(vol):
+    return {
+        "show": viz.show(vol),
+        "compare": viz.compare(vol, vol.reoriented("RAS")),
+        "show_patches": viz.show_patches(vol, [[10, 10, 10]], 16),
+        "show_sampling_map": viz.show_sampling_map(vol, UniformSampler(8), n=50),
+        "orthoview": viz.orthoview(vol),
+    }
+
+
+def test_every_figure_renders_as_png_for_notebooks():
+    from matplotlib.figure import Figure
+
+    for name, fig in all_figures(marker_volume()).items():
+        assert isinstance(fig, Figure) and isinstance(fig, viz.VizFigure), name
+        png = fig._repr_png_()
+        assert png.startswith(PNG_MAGIC), name
+        assert len(png) > 5000, name
+
+
+def test_ipython_formats_figures_as_png():
+    formatters = pytest.importorskip("IPython.core.formatters")
+    data, _ = formatters.DisplayFormatter().format(viz.show(marker_volume()))
+    assert data["image/png"].startswith(PNG_MAGIC)
+
+
+_BACKEND_SCRIPT = r"""
+import sys
+import matplotlib
+matplotlib.use({backend!r})
+{pyplot}
+import numpy as np
+import medstack
+from medstack import Volume, viz
+from medstack.patches import UniformSampler
+from medstack.testing import axis_code_affine
+
+vol = Volume(np.random.default_rng(0).random((1, 20, 20, 20), dtype=np.float32), axis_code_affine("LPS"))
+figs = [viz.show(vol), viz.compare(vol, vol), viz.show_patches(vol, [[2, 2, 2]], 8),
+        viz.show_sampling_map(vol, UniformSampler(8), n=20), viz.orthoview(vol)]
+for fig in figs:
+    assert fig._repr_png_().startswith(b"\x89PNG")
+    fig.savefig(__import__("io").BytesIO(), format="png")
+print("BACKEND", matplotlib.get_backend())
+print("PYPLOT", "matplotlib.pyplot" in sys.modules)
+if "matplotlib.pyplot" in sys.modules:
+    print("FIGNUMS", sys.modules["matplotlib.pyplot"].get_fignums())
+"""
+
+
+@pytest.mark.parametrize("backend, with_pyplot", [("svg", False), ("pdf", True)])
+def test_viz_never_changes_the_users_matplotlib_backend(backend, with_pyplot):
+    import subprocess
+    import sys
+
+    script = _BACKEND_SCRIPT.format(backend=backend, pyplot="import matplotlib.pyplot" if with_pyplot else "")
+    res = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr
+    assert f"BACKEND {backend}" in res.stdout
+    # viz never imports pyplot itself, and never registers figures with the user's pyplot
+    assert f"PYPLOT {with_pyplot}" in res.stdout
+    if with_pyplot:
+        assert "FIGNUMS []" in res.stdout
+
+
+def test_importing_and_drawing_leaves_the_backend_unresolved():
+    import subprocess
+    import sys
+
+    script = (
+        "import matplotlib, numpy as np, medstack\n"
+        "from medstack import Volume, viz\n"
+        "viz.show(Volume(np.ones((1, 8, 8, 8), np.float32), np.eye(4)))._repr_png_()\n"
+        "print('RESOLVED', matplotlib.rcParams._get_backend_or_none())\n"
+    )
+    env = {k: v for k, v in __import__("os").environ.items() if k != "MPLBACKEND"}
+    res = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300, env=env)
+    assert res.returncode == 0, res.stderr
+    assert "RESOLVED None" in res.stdout  # no backend was chosen for the user
+
+
+def test_show_and_friends_save_to_a_path(tmp_path):
+    from medstack.errors import ArgumentError, OutputExistsError
+
+    vol = marker_volume()
+    fig = viz.show(vol, path=tmp_path / "a.png")
+    data = (tmp_path / "a.png").read_bytes()
+    assert data.startswith(PNG_MAGIC) and len(data) > 5000
+    assert fig.axes[0].get_title() == "axial"
+    with pytest.raises(OutputExistsError):
+        viz.show(vol, path=tmp_path / "a.png")
+    viz.show(vol, path=tmp_path / "a.png", overwrite=True)
+    viz.compare(vol, vol, path=tmp_path / "c.svg")
+    assert b"<svg" in (tmp_path / "c.svg").read_bytes()[:500]
+    viz.show_patches(vol, [[0, 0, 0]], 8, path=tmp_path / "p.png")
+    viz.show_sampling_map(vol, UniformSampler(8), n=20, path=tmp_path / "s.png")
+    assert fig.save(tmp_path / "f.png") == tmp_path / "f.png"
+    assert (tmp_path / "p.png").read_bytes().startswith(PNG_MAGIC)
+    assert (tmp_path / "s.png").read_bytes().startswith(PNG_MAGIC)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.png", "c.svg", "f.png", "p.png", "s.png"]
+    with pytest.raises(ArgumentError, match="cannot write a figure"):
+        viz.show(vol, path=tmp_path / "x.nii.gz")
+    assert not (tmp_path / "x.nii.gz").exists()
