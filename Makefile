@@ -3,16 +3,32 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
-TORCH_VERSION := 2.13.0
+# torch is installed first, pinned. Which build you get depends on the index:
+#   TORCH_INDEX empty (default): pip's configured index / find-links. From PyPI on Linux x86_64 that is the CUDA
+#     build (torch plus ~3 GB of nvidia-* wheels); on macOS and Windows the CPU build.
+#   TORCH_INDEX=https://download.pytorch.org/whl/cpu    CPU-only build (~200 MB download)
+#   TORCH_INDEX=https://download.pytorch.org/whl/cu126  a given CUDA build (match your driver)
+# e.g. `make demo TORCH_INDEX=https://download.pytorch.org/whl/cpu`. An existing .venv is not reinstalled
+# when these change: `make clean` first.
+TORCH_VERSION ?= 2.13.0
+TORCH_INDEX ?=
+# pip's output: each package it collects and a download progress bar; PIP_OUTPUT=--quiet for terse CI logs.
+PIP_OUTPUT ?= --progress-bar on
+
+TORCH_FROM := $(if $(strip $(TORCH_INDEX)),--index-url $(strip $(TORCH_INDEX)),)
+TORCH_WHERE := $(if $(strip $(TORCH_INDEX)),from $(strip $(TORCH_INDEX)),from pip's default index: CUDA build on Linux x86_64 (several GB); TORCH_INDEX=https://download.pytorch.org/whl/cpu for CPU-only)
 
 .PHONY: demo test lint bench clean venv
 
-# torch is installed first and pinned: a bare `torch` would pull gigabytes of CUDA wheels.
 $(VENV)/.installed: pyproject.toml
+	@echo "==> [1/3] virtual environment $(VENV)"
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PIP) install --quiet "torch==$(TORCH_VERSION)"
-	$(PIP) install --quiet -e ".[dev]"
+	@echo "==> [2/3] torch==$(TORCH_VERSION) $(TORCH_WHERE)"
+	$(PIP) install $(PIP_OUTPUT) $(TORCH_FROM) "torch==$(TORCH_VERSION)"
+	@echo "==> [3/3] medstack (editable) with its dependencies and the dev extras (monai, nibabel, pydicom, SimpleITK, highdicom, pytest, ruff, ...)"
+	$(PIP) install $(PIP_OUTPUT) -e ".[dev]"
 	touch $@
+	@echo "==> $(VENV) ready"
 
 venv: $(VENV)/.installed
 

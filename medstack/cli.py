@@ -1,6 +1,8 @@
 """The ``medstack`` command line.
 
-Every error prints one line (``medstack: error: ...``) and no traceback unless ``--debug``. Exit status:
+Every error prints one ``medstack: error: ...`` line (followed by the message's indented lines where it has
+them, e.g. the list of candidate series) and no traceback unless ``--debug``. Messages name CLI options
+(``--series``, ``--on-gap``) where the library's say ``series=``, ``on_gap=``. Exit status:
 0 success, 1 a data / file error (bad input, a failed series, nothing to convert, an unexpected error),
 2 a usage error (bad option or option value), 130 interrupted. Text that comes from files (descriptions,
 paths, messages) has its control characters escaped before printing.
@@ -11,13 +13,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 import warnings
 
 import numpy as np
 
 import medstack
-from medstack.errors import ArgumentError, FormatError, MedstackError
+from medstack.errors import ArgumentError, FormatError, MedstackError, UnknownFormatError
 
 EXIT_ERROR = 1  # data / file errors
 EXIT_USAGE = 2  # bad options (as argparse)
@@ -37,6 +40,35 @@ def clean(text) -> str:
     return "".join(ch if ch.isprintable() else ascii(ch)[1:-1] for ch in text)
 
 
+# library keyword -> CLI option, for messages the CLI shows (the library's own messages stay as they are)
+_CLI_OPTION = {"series": "--series", "on_gap": "--on-gap", "on_unreadable": "--on-unreadable", "tilt": "--tilt"}
+_KEYWORD = re.compile(
+    r"(?<![\w/.\-])(series|on_gap|on_unreadable|tilt)=((?:'[^']*'(?:(?:, | or )'[^']*')*)|[^\s;,)]+)?"
+)
+
+
+def cli_words(text) -> str:
+    """``text`` with the API's keyword arguments named as CLI options: ``series=2`` -> ``--series 2``,
+    ``pass on_gap='resample', 'warn' or 'split'`` -> ``pass --on-gap resample, warn or split``; ``echo=`` /
+    ``image_type=`` (no CLI option) are pointed at the Python API."""
+    text = str(text)
+    text = text.replace("scan(..., on_gap='split') lists the uniform parts as series",
+                        "--on-gap split converts the uniform parts as separate series")  # fmt: skip
+    text = text.replace("(select with echo= / image_type=)",
+                        "(select in Python: medstack.load(..., echo= / image_type=))")  # fmt: skip
+
+    def option(m):
+        value = m.group(2)
+        if value is None:
+            return _CLI_OPTION[m.group(1)]
+        return _CLI_OPTION[m.group(1)] + " " + re.sub(r"'([^'\s]*)'", r"\1", value)
+
+    text = _KEYWORD.sub(option, text)
+    if re.search(r"(?<![\w.])(echo|image_type)=\S", text) and "medstack.load(" not in text:
+        text += " (echo= / image_type= are Python options: medstack.load(..., echo=))"
+    return text
+
+
 def _say(*lines, err: bool = False) -> None:
     for line in lines:
         print(clean(line), file=sys.stderr if err else sys.stdout)
@@ -47,7 +79,7 @@ _WARNED: set[str] = set()  # messages already printed (a finding and its DicomWa
 
 def _warn(text, message=None) -> None:
     _WARNED.add(str(message if message is not None else text))
-    print("medstack: warning: " + clean(" ".join(str(text).split("\n"))), file=sys.stderr)
+    print("medstack: warning: " + clean(cli_words(" ".join(str(text).split("\n")))), file=sys.stderr)
 
 
 def _value_range(vol) -> tuple[float, float]:
@@ -89,9 +121,21 @@ def _print_info(info: dict) -> None:
 def cmd_info(args) -> int:
     from pathlib import Path
 
-    if Path(args.path).is_dir():
+    is_dir = Path(args.path).is_dir()
+    if args.series and not is_dir:
+        raise UsageError(f"--series selects a series of a DICOM folder; {args.path} is not a folder")
+    if is_dir and not args.series:
         return _info_folder(args)
-    vol = medstack.load(args.path)
+    if not is_dir and _is_hdf5(args.path):
+        from medstack.io.store import list_h5
+
+        try:
+            names = list_h5(args.path)
+        except FormatError as e:
+            raise FormatError(str(e) + _h5_datasets(args.path)) from None
+        if len(names) != 1:
+            return _info_store(args, names)
+    vol = medstack.load(args.path, **({"series": _series_arg(args.series)} if args.series else {}))
     if vol.dtype.kind not in "biuf":
         raise FormatError(f"{args.path}: voxel type {vol.dtype} (e.g. RGB) is not a scalar image; medstack "
                           "handles numeric voxels only")  # fmt: skip
@@ -103,6 +147,63 @@ def cmd_info(args) -> int:
     for f in vol.metadata.get("findings") or []:
         if isinstance(f, dict) and f.get("severity") in ("warning", "error"):
             _warn(f"{f.get('kind', 'finding')}: {f.get('message', '')}", f.get("message", ""))
+    return 0
+
+
+def _is_hdf5(path) -> bool:
+    from medstack.io.store import is_hdf5
+
+    try:
+        with open(path, "rb") as f:
+            return is_hdf5(f.read(8))
+    except OSError:
+        return False
+
+
+def _h5_datasets(path, limit: int = 30) -> str:
+    """For an HDF5 file medstack did not write: its datasets (name, shape, dtype) as indented lines, or ''."""
+    try:
+        import h5py
+
+        found = []
+        with h5py.File(path, "r") as f:
+            f.visititems(lambda name, obj: found.append((name, obj.shape, obj.dtype))
+                         if isinstance(obj, h5py.Dataset) else None)  # fmt: skip
+    except Exception:  # the listing is a courtesy
+        return ""
+    if not found:
+        return ""
+    lines = [f"  /{name}  shape={tuple(shape)}  dtype={dtype}" for name, shape, dtype in found[:limit]]
+    if len(found) > limit:
+        lines.append(f"  ... and {len(found) - limit} more dataset(s)")
+    return "; its datasets:\n" + "\n".join(lines)
+
+
+def _info_store(args, names) -> int:
+    """A medstack HDF5 file holding several volumes (a cohort): one row per volume, read lazily (headers only)."""
+    rows = []
+    for name in names:
+        vol = medstack.load(args.path, name=name, lazy=True)
+        try:
+            rows.append({"name": name, "shape": list(vol.shape), "dtype": str(vol.dtype),
+                         "spacing_dhw_mm": [round(v, 6) for v in vol.spacing], "orientation": vol.orientation,
+                         "origin_ras_mm": [round(v, 4) for v in vol.origin]})  # fmt: skip
+        finally:
+            close = getattr(vol.data, "close", None)
+            if close is not None:
+                close()
+    if args.json:
+        print(json.dumps({"source": str(args.path), "format": "medstack-hdf5", "volumes": rows}, indent=2))
+        return 0
+    _say(f"{args.path}: medstack HDF5 file, {len(rows)} volumes")
+    if not rows:
+        return 0
+    width = max(12, *(len(clean(r["name"])) for r in rows))
+    print(f"{'name':{width}}  {'shape (C, D, H, W)':22}  {'dtype':8}  {'spacing (D, H, W) mm':24}  orient")
+    for r in rows:
+        sp = "(" + ", ".join(f"{v:.4g}" for v in r["spacing_dhw_mm"]) + ")"
+        _say(f"{clean(r['name']):{width}}  {tuple(r['shape'])!s:22}  {r['dtype']:8}  {sp:24}  {r['orientation']}")
+    _say("one volume: medstack.load(PATH, name=NAME) in Python")
     return 0
 
 
@@ -129,7 +230,8 @@ def _info_folder(args) -> int:
         _say(f"{num:>5}  {clean(s.description):28.28}  {clean(s.modality):4}  {s.n_files:>5}  {s.shape!s:22}  "
              f"{sp:22}  {s.orientation:6}  {kinds}")  # fmt: skip
         if any(f.kind == "named_channels" for f in s.findings):
-            _say(f"{'':7}channels: {', '.join(s.channel_names)} (select with echo= / image_type=)")
+            _say(f"{'':7}channels: {', '.join(s.channel_names)} (select in Python: medstack.load(..., echo= / "
+                 "image_type=))")  # fmt: skip
         for a in s.annotations:
             _say(f"{'':7}annotation: {a.kind} {', '.join(a.names) or ''} ({a.path})")
         for f in s.findings:
@@ -204,9 +306,33 @@ def cmd_convert(args) -> int:
     try:
         summary = convert(args.input, args.output, options, workers=args.workers, dry_run=args.dry_run,
                           dask_address=args.dask, on_result=progress.update, on_plan=progress.start)  # fmt: skip
+    except UnknownFormatError as e:
+        if "is a file name but the input holds" not in str(e):
+            raise
+        raise UnknownFormatError(_one_output_hint(str(e), args, options)) from None
     finally:
         progress.close()
     return progress.report(summary)
+
+
+def _one_output_hint(message: str, args, options, limit: int = 12) -> str:
+    """The 'file name but several series' error on one line, naming the candidates (labels as convert prints
+    them: identifying values redacted unless --keep-phi) and the --series option that picks one."""
+    from pathlib import Path
+
+    from medstack.convert import plan
+
+    try:
+        tasks, _ = plan(args.input, Path(args.output).parent, options, workers=args.workers, dry_run=True)
+    except Exception:  # the listing is a courtesy: the original message stands without it
+        return message
+    labels = [clean(t.label) for t in tasks]
+    if not labels:
+        return message
+    shown = ", ".join(labels[:limit]) + (f", ... ({len(labels) - limit} more)" if len(labels) > limit else "")
+    head = message.split("; give an output folder")[0]
+    return (f"{head}: {shown}; pick one with --series (SeriesNumber, UID or description), or give an output folder "
+            "(see: medstack info FOLDER)")  # fmt: skip
 
 
 class _Progress:
@@ -235,11 +361,11 @@ class _Progress:
         if r.status == "planned":
             _say(f"{r.message:10}  {clean(r.task.label):30.30}  ->  {r.task.output}")
             return
-        if r.status == "failed":
+        if r.status == "failed":  # the library's words here; the summary's "failed:" lines give the CLI's
             self._write(f"FAILED {r.task.label}: {r.message}")
         for kind, messages in _by_kind(r.findings).items():
             more = f" (+{len(messages) - 1} more)" if len(messages) > 1 else ""
-            self._write(f"warning: {r.task.label}: {kind}: {messages[0]}{more}")
+            self._write(cli_words(f"warning: {r.task.label}: {kind}: {messages[0]}{more}"))
         if self.bar is not None:
             self.nbytes += r.nbytes
             rate = self.nbytes / max(time.perf_counter() - self.t0, 1e-9) / 2**20
@@ -264,13 +390,13 @@ class _Progress:
             _say(f"dry run: {summary.count('planned')} output(s) planned, {len(problems)} problem(s)")
             for r in problems:
                 why = r.message if r.status == "failed" else f"{r.message}: would not be replaced"
-                _say(f"  problem: {r.task.label} -> {r.task.output}: {why}", err=True)
+                _say(f"  problem: {r.task.label} -> {r.task.output}: {cli_words(why)}", err=True)
             return EXIT_ERROR if problems or not summary.results else 0
         n_warn = sum(bool(r.findings) for r in summary.results)
         _say(f"converted {summary.count('converted')}, skipped {summary.count('skipped')} (already complete), "
              f"failed {len(summary.failed)}" + (f", {n_warn} with warnings" if n_warn else ""))  # fmt: skip
         for r in summary.failed:
-            _say(f"  failed: {r.task.label} -> {r.task.output}: {r.message}", err=True)
+            _say(f"  failed: {r.task.label} -> {r.task.output}: {cli_words(r.message)}", err=True)
         if not summary.results:
             _say("medstack: error: nothing was converted", err=True)
             return EXIT_ERROR
@@ -328,8 +454,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"medstack {medstack.__version__}")
     parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    p = sub.add_parser("info", help="print geometry, dtype and value range of a volume file")
-    p.add_argument("path", help="NIfTI, NRRD, MHA/MHD or medstack .h5 file")
+    p = sub.add_parser(
+        "info",
+        help="geometry, dtype and value range of a volume file, medstack .h5 file or DICOM folder",
+        description="Print the geometry, dtype and value range of a volume file (NIfTI, NRRD, MHA/MHD, ...), the "
+        "volumes of a medstack .h5 file (one row per volume when it holds several), or the table of series in a "
+        "DICOM folder (any depth) with their findings; --series SERIES shows one series of the folder as a volume.",
+    )
+    p.add_argument("path", help="volume file (NIfTI, NRRD, MHA/MHD, ...), medstack .h5 file or DICOM folder")
+    p.add_argument("--series", help="DICOM folder: show this series (UID, SeriesNumber or description)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=cmd_info)
 
@@ -379,9 +512,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+_MAX_ERROR_LINES = 60
+
+
 def _error_line(e: BaseException) -> str:
-    lines = [ln for ln in str(e).strip().splitlines() if ln.strip()]
+    """The error as the CLI prints it: one ``medstack: error:`` line, then the message's further lines (e.g. the
+    candidate series, indented), at most ``_MAX_ERROR_LINES``; control characters escaped, CLI option names."""
+    lines = [cli_words(ln.rstrip()) for ln in str(e).strip().splitlines() if ln.strip()]
     text = lines[0] if lines else repr(e)
+    more = lines[1:] if isinstance(e, MedstackError) else []  # medstack's own messages: whole; others: first line
+    if len(more) > _MAX_ERROR_LINES:
+        more = more[:_MAX_ERROR_LINES] + [f"  ... and {len(more) - _MAX_ERROR_LINES} more line(s)"]
     if isinstance(e, MemoryError):
         text = "out of memory" + (f" ({text})" if lines else "") + "; try a coarser --spacing or fewer --workers"
     elif isinstance(e, KeyError):
@@ -389,7 +530,8 @@ def _error_line(e: BaseException) -> str:
     if not isinstance(e, MedstackError):
         if isinstance(e, OSError) and e.filename is not None and str(e.filename) not in text:
             text = f"{e.filename}: {text}"
-    return f"medstack: error: {type(e).__name__}: {clean(text)}"
+    first = f"medstack: error: {type(e).__name__}: {clean(text)}"
+    return "\n".join([first, *(clean(ln if ln.startswith(" ") else "  " + ln) for ln in more)])
 
 
 def _exit_code(e: BaseException) -> int:
