@@ -14,6 +14,7 @@ output is ``pad_value``; within that half voxel the edge value extends (no blend
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 
 import numpy as np
@@ -22,11 +23,43 @@ from medstack import geometry
 from medstack.errors import ArgumentError, GeometryError
 from medstack.volume import Volume
 
-__all__ = ["resample", "target_grid"]
+__all__ = ["looks_like_label", "resample", "target_grid"]
+
+logger = logging.getLogger(__name__)
 
 MODES = ("linear", "nearest", "cubic")
 _CHUNK_VOXELS = 1 << 24  # output voxels per grid_sample call (~200 MB of grid in float32)
 _AXIS_TOL = 1e-6
+LABEL_MAX_VALUES = 64  # an integer volume with at most this many distinct values looks like a label map
+_LABEL_SAMPLE = 1 << 16  # voxels looked at first (strided) before a full count
+
+
+def looks_like_label(volume: Volume) -> bool:
+    """Whether ``volume`` looks like a label map: a boolean or integer dtype with at most
+    ``LABEL_MAX_VALUES`` (64) distinct values. Float volumes never look like labels. Cheap: the distinct values
+    of a strided sample are counted first; the full volume is counted only when the sample has <= 64."""
+    data = volume.data
+    try:
+        import torch
+
+        if isinstance(data, torch.Tensor):
+            if data.is_floating_point() or data.is_complex():
+                return False
+            data = data.detach().cpu().numpy()
+    except ImportError:  # pragma: no cover
+        pass
+    kind = np.dtype(getattr(data, "dtype", np.float64)).kind  # NumPy or lazy (HDF5) arrays: dtype known, no read
+    if kind in "biu" and not isinstance(data, np.ndarray):
+        data = np.asarray(volume.materialized().data)
+    if kind not in "biu":
+        return False
+    if kind == "b":
+        return True
+    flat = data.reshape(-1)
+    step = max(1, flat.size // _LABEL_SAMPLE)
+    if np.unique(flat[::step]).size > LABEL_MAX_VALUES:
+        return False
+    return step == 1 or np.unique(flat).size <= LABEL_MAX_VALUES
 
 
 def target_grid(volume: Volume, *, spacing=None, shape=None) -> tuple[np.ndarray, tuple[int, int, int]]:
@@ -82,10 +115,10 @@ def resample(
     shape: Sequence[int] | None = None,
     like: Volume | None = None,
     *,
-    mode: str = "linear",
+    mode: str | None = None,
     pad_value: float | None = None,
     antialias: bool = False,
-    is_label: bool = False,
+    is_label: bool | None = None,
     dtype=None,
 ) -> Volume:
     """Resample ``volume`` in world space onto a new grid.
@@ -100,7 +133,9 @@ def resample(
         Target grid size, keeping the field of view.
     like : Volume, optional
         Resample onto this volume's grid (its affine and spatial shape).
-    mode : {"linear", "nearest", "cubic"}
+    mode : {"linear", "nearest", "cubic"}, optional
+        Default (None): ``"nearest"`` when the volume looks like a label map (see ``is_label``; logged at INFO),
+        else ``"linear"``. An explicit mode is always respected (``mode="linear"`` forces interpolation).
         ``"nearest"`` keeps the input dtype and never invents values: use it for label maps (a float
         label map with non-integer values is refused). ``"cubic"`` (Keys cubic convolution, a = -0.5) needs
         axis-aligned grids.
@@ -109,9 +144,11 @@ def resample(
     antialias : bool
         When downsampling an axis by a factor ``f > 1``, smooth it first with a Gaussian of
         ``sigma = (f - 1) / 2`` input voxels (as TorchIO / scikit-image), to avoid aliasing.
-    is_label : bool
-        The volume is a label map: requires ``mode="nearest"`` and integer values (a float label map with
-        fractional values is refused, naming the argument).
+    is_label : bool, optional
+        ``True``: the volume is a label map: requires ``mode="nearest"`` and integer values (a float label map
+        with fractional values is refused, naming the argument). ``False``: an image, interpolated (``"linear"``
+        by default) whatever its values. Default (None): decided from the data when ``mode`` is omitted — a
+        boolean or integer volume with at most 64 distinct values (:func:`looks_like_label`) is a label map.
     dtype : optional
         Output dtype. Default: float32 for linear/cubic (float64 input stays float64), the input's dtype for
         nearest.
@@ -129,13 +166,18 @@ def resample(
     """
     import warnings
 
-
-    if mode not in MODES:
-        raise ArgumentError(f"mode must be one of {MODES}, got {mode!r}")
     if not isinstance(volume, Volume):
         raise ArgumentError(f"volume must be a medstack.Volume, got {type(volume).__name__}")
-    if is_label:
+    if mode is not None and mode not in MODES:
+        raise ArgumentError(f"mode must be one of {MODES}, got {mode!r}")
+    if is_label:  # an explicit label map needs mode="nearest" (an omitted or other mode is refused, naming it)
         check_label(volume, mode, what="volume")
+    elif mode is None and is_label is None and looks_like_label(volume):
+        mode = "nearest"
+        logger.info("resample: integer volume with <= %d distinct values treated as a label map (nearest); "
+                    "pass mode='linear' or is_label=False to interpolate it", LABEL_MAX_VALUES)  # fmt: skip
+    elif mode is None:
+        mode = "linear"
     if like is not None:
         if spacing is not None or shape is not None:
             raise ArgumentError("pass like= alone, not with spacing= or shape=")

@@ -29,7 +29,7 @@ def stack(
     resample: bool = True,
     names: Sequence[str] | None = None,
     labels: Sequence[int] = (),
-    mode: str = "linear",
+    mode: str | None = None,
     dtype=None,
 ) -> Volume:
     """Stack volumes (T1, T2, FLAIR; CT + PET; image + label) as channels on one grid.
@@ -47,9 +47,12 @@ def stack(
         One name per input volume; stored as ``metadata["channel_names"]`` (one per output channel, with
         ``_c`` suffixes for multi-channel inputs).
     labels : sequence of int
-        Indices of label maps: resampled with nearest neighbour (never inventing label values).
-    mode : str
-        Interpolation for the non-label volumes ("linear", "nearest", "cubic").
+        Indices of label maps: resampled with nearest neighbour (never inventing label values). Volumes not
+        listed that look like label maps (boolean / integer dtype with at most 64 distinct values, see
+        :func:`medstack.resample.looks_like_label`) are also resampled with nearest unless ``mode`` is given.
+    mode : str, optional
+        Interpolation for the non-label volumes ("linear", "nearest", "cubic"). Default: nearest for volumes
+        that look like label maps, linear for the others; an explicit mode applies to every non-label volume.
     dtype : optional
         Output dtype; default: NumPy's promotion of the inputs (float32 when any input was interpolated).
     """
@@ -81,7 +84,7 @@ def stack(
             raise GeometryError(f"volumes[{i}] is on another grid than the reference ({_describe(v)} vs "
                                 f"{_describe(ref)}); pass resample=True or resample it first")  # fmt: skip
         is_label = i in labels
-        out = _resample(v, like=ref, mode="nearest" if is_label else mode, is_label=is_label)
+        out = _resample(v, like=ref, mode="nearest" if is_label else mode, is_label=True if is_label else None)
         parts.append(out.to_numpy())
     data = np.concatenate(parts, axis=0) if dtype is None else np.concatenate([p.astype(dtype) for p in parts], axis=0)
     meta = {"sources": [str(v.metadata.get("source", "")) for v in volumes]}

@@ -21,7 +21,7 @@ import numpy as np
 from medstack import geometry
 from medstack.errors import FormatError, GeometryError, ReadError
 from medstack.patches.reading import read_patch
-from medstack.patches.samplers import CaseInfo, PatchSampler, _size3
+from medstack.patches.samplers import CaseInfo, PatchSampler, _size3, warn_patch_larger
 from medstack.volume import Volume
 
 __all__ = ["CaseGroupedSampler", "CaseStore", "PatchDataset", "QueueDataset", "VolumeDataset"]
@@ -311,8 +311,15 @@ class CaseGroupedSampler:
         return len(self._cases()) * self.dataset.samples_per_volume
 
 
+def _as_volume(source):
+    from medstack.data.prepare import _as_volume as load
+
+    return load(source)
+
+
 class QueueDataset(_SharedEpoch):
-    """Queue mode for files that cannot be read partially (.nii.gz, DICOM): each worker loads a volume once
+    """Queue mode for files that cannot be read partially (.nii.gz, DICOM) or in-memory Volumes (``cases`` as
+    :func:`medstack.data.read_cases` takes them: paths, Volumes, or dicts of them): each worker loads a volume once
     (``medstack.load``), keeps up to ``cache_bytes`` of volumes (LRU, per worker) and draws several patches from
     it. Use with :class:`CaseGroupedSampler` so consecutive indices share a case. Items have the same form as
     :class:`PatchDataset`'s; item i of epoch e is a pure function of (seed, e, i)."""
@@ -328,6 +335,7 @@ class QueueDataset(_SharedEpoch):
         self.label_max_per_class = label_max_per_class
         self.epoch = 0
         self._cache: OrderedDict = OrderedDict()
+        self._warned: set = set()  # cases warned about a patch larger than the volume (per process)
 
     @property
     def n_cases(self) -> int:
@@ -344,11 +352,14 @@ class QueueDataset(_SharedEpoch):
             self._cache.move_to_end(c)
             return self._cache[c]
         case = self.cases[c]
-        vols = [medstack.load(p) for p in case["image"]]
+        vols = [_as_volume(p) for p in case["image"]]
         image = medstack.stack(vols) if len(vols) > 1 else vols[0]
+        if c not in self._warned:
+            self._warned.add(c)
+            warn_patch_larger(image.spatial_shape, self.sampler.patch_size, f"case {case['id']!r}")
         label, info = None, CaseInfo(image.spatial_shape)
-        if case["label"]:
-            label = medstack.load(case["label"])
+        if case["label"] is not None:
+            label = _as_volume(case["label"])
             if label.spatial_shape != image.spatial_shape:
                 label = medstack.resample(label, like=image, mode="nearest", is_label=True)
             voxels, _, _ = class_voxel_lists(label.to_numpy()[0], max_per_class=self.label_max_per_class)
@@ -397,10 +408,10 @@ class VolumeDataset(_SharedEpoch):
         from medstack.transforms.base import generator_for
 
         case = self.cases[index]
-        vols = [medstack.load(p) for p in case["image"]]
+        vols = [_as_volume(p) for p in case["image"]]
         sample = {"image": medstack.stack(vols) if len(vols) > 1 else vols[0]}
-        if case["label"]:
-            sample["label"] = medstack.load(case["label"])
+        if case["label"] is not None:
+            sample["label"] = _as_volume(case["label"])
         if self.transform is not None:
             sample = self.transform(sample, generator_for(self.seed, self.epoch, index))
         out = {"case_id": case["id"], "affine": torch.as_tensor(np.array(sample["image"].affine))}

@@ -133,8 +133,44 @@ def is_case_file(path, case_id: str) -> bool:
         return False
 
 
+def _is_volume(x) -> bool:
+    return isinstance(x, medstack.Volume)
+
+
+def _as_volume(source):
+    """A channel / label source as a Volume: in-memory Volumes as they are, paths (or DICOM file lists) loaded."""
+    return source if _is_volume(source) else medstack.load(source)
+
+
+def _jsonable(source):
+    """A case source for the manifest / file metadata (JSON): paths as they are; an in-memory Volume as
+    ``"<in-memory Volume[ from <source>]>"`` (its data is written to the case file, never pickled)."""
+    if isinstance(source, list | tuple):
+        return [_jsonable(s) for s in source]
+    if _is_volume(source):
+        src = source.metadata.get("source")
+        return f"<in-memory Volume from {src}>" if src else "<in-memory Volume>"
+    return source
+
+
+def _volume_id(vol, n: int) -> str:
+    """Default id of an in-memory Volume: the file name of its metadata ``source`` (without extensions), else
+    ``case<n>``."""
+    src = vol.metadata.get("source")
+    if isinstance(src, str | os.PathLike) and str(src):
+        name = Path(src).name.split(".")[0]
+        if name:
+            return name
+    return f"case{n}"
+
+
 def read_cases(cases) -> list[dict]:
     """Cases from a list of dicts, or a CSV / JSON manifest (columns: id, image[, image2...][, label]).
+
+    A list may also hold paths (one image each, no label) or in-memory :class:`~medstack.Volume` objects, and
+    a dict's ``image`` / ``label`` may be Volumes (or ``image`` a list mixing paths and Volumes). The default id
+    of a Volume is the file name of its metadata ``source``, else ``case<n>`` (n = its position in the list);
+    ids are validated like ids of files.
 
     ``image`` may list several channel sources separated by ``;`` (CSV) or be a list (JSON / dicts); in a
     list, an entry that is itself a list of DICOM files is one channel (one series, as
@@ -179,27 +215,44 @@ def read_cases(cases) -> list[dict]:
     out = []
     for n, row in enumerate(rows):
         where = f"{src}: case {n}"
+        if src == "cases" and (_is_volume(row) or isinstance(row, str | os.PathLike)):
+            row = {"image": row}  # a bare path or Volume: one image, no label
         if not isinstance(row, dict):
-            raise FormatError(f"{where} is a {type(row).__name__}, expected a mapping with 'image' (and 'id', 'label')")
-        if "image" not in row or not row["image"]:
+            raise FormatError(f"{where} is a {type(row).__name__}, expected a mapping with 'image' (and 'id', "
+                              "'label'), a path or a medstack.Volume")  # fmt: skip
+        image_field = row.get("image")
+        if image_field is None or (not _is_volume(image_field) and not image_field):
             raise FormatError(f"{where}: field 'image' is missing or empty")
         try:
-            images = row["image"] if isinstance(row["image"], list | tuple) else str(row["image"]).split(";")
+            if _is_volume(image_field):
+                images = [image_field]
+            elif isinstance(image_field, list | tuple):
+                images = list(image_field)
+            else:
+                images = str(image_field).split(";")
             images = [_resolve(p, base) for p in images]
         except TypeError as e:
-            raise FormatError(f"{where}: field 'image' is not a path or a list of paths ({e})") from e
-        label = row.get("label") or None
-        if label is not None and not isinstance(label, str | os.PathLike):
-            raise FormatError(f"{where}: field 'label' must be a path, got {type(label).__name__}")
-        if label is not None and not Path(label).is_absolute():
+            raise FormatError(f"{where}: field 'image' is not a path, a Volume or a list of them ({e})") from e
+        label = row.get("label")
+        if label is not None and not _is_volume(label) and not label:
+            label = None
+        if label is not None and not isinstance(label, str | os.PathLike) and not _is_volume(label):
+            raise FormatError(f"{where}: field 'label' must be a path or a medstack.Volume, got {type(label).__name__}")
+        if label is not None and not _is_volume(label) and not Path(label).is_absolute():
             label = str(base / label)
         if any(isinstance(p, list) and not p for p in images):
             raise FormatError(f"{where}: field 'image' holds an empty list of files")
         first = images[0]  # default id: the file name, or the folder of a list of DICOM files
         if not from_csv and isinstance(row.get("id"), str) and not row["id"]:
             raise FormatError(f"{where}: field 'id' '' is empty; leave it out for the default (the image's name)")
-        case_id = row.get("id") or (Path(first[0]).parent.name if isinstance(first, list)
-                                    else Path(first).name.split(".")[0])  # fmt: skip
+        if row.get("id"):
+            case_id = row["id"]
+        elif _is_volume(first):
+            case_id = _volume_id(first, n)
+        elif isinstance(first, list):
+            case_id = _volume_id(first[0], n) if _is_volume(first[0]) else Path(first[0]).parent.name
+        else:
+            case_id = Path(first).name.split(".")[0]
         if isinstance(case_id, int | np.integer) and not isinstance(case_id, bool):
             case_id = str(case_id)
         check_case_id(case_id, where)
@@ -215,6 +268,8 @@ def _resolve(source, base: Path):
     """A channel source made absolute: a path, or a list of DICOM files (one series)."""
     if isinstance(source, list | tuple):
         return [_resolve(p, base) for p in source]
+    if _is_volume(source):
+        return source
     if not isinstance(source, str | os.PathLike):
         raise TypeError(f"{source!r} is a {type(source).__name__}")
     return str(source if Path(source).is_absolute() else base / source)
@@ -265,6 +320,8 @@ def _load_label(path, image):
     SegmentNumber / ROINumber; overlapping segments are an error), or any volume file :func:`medstack.load` reads."""
     from medstack.io.dicom.annotations import annotation_kind, read_rtstruct, read_seg
 
+    if _is_volume(path):
+        return path
     kind = annotation_kind(path)
     if kind == "SEG":
         return read_seg(path, image, as_labels=True)
@@ -278,7 +335,7 @@ def _prepare_one(case: dict, out_dir: str, spacing, max_per_class: int, overwrit
     target = Path(out_dir) / f"{case['id']}.h5"
     if target.parent != Path(out_dir) or target.name != f"{case['id']}.h5":
         raise FormatError(f"case {case['id']!r}: field 'id' does not name a file inside {out_dir}")
-    vols = [medstack.load(p) for p in case["image"]]
+    vols = [_as_volume(p) for p in case["image"]]
     ref = vols[0]
     original = {"affine": np.asarray(ref.affine).tolist(), "shape": list(ref.spatial_shape)}
     if spacing is not None:  # the target grid only (no data): stack resamples each source once onto it
@@ -288,23 +345,25 @@ def _prepare_one(case: dict, out_dir: str, spacing, max_per_class: int, overwrit
         ref = medstack.Volume(np.broadcast_to(np.zeros((), np.uint8), (1, *shape)), affine)
     image = medstack.stack(vols, reference=ref) if (len(vols) > 1 or spacing is not None) else ref
     label = None
-    if case["label"]:
+    label_name = _jsonable(case["label"])
+    if case["label"] is not None:
         lab = _load_label(case["label"], vols[0])
         if lab.n_channels != 1:
-            raise FormatError(f"{case['label']}: label must have one channel, has {lab.n_channels}")
+            raise FormatError(f"{label_name}: label must have one channel, has {lab.n_channels}")
         if lab.spatial_shape != image.spatial_shape or not np.allclose(lab.affine, image.affine, atol=1e-4):
             lab = medstack.resample(lab, like=image, mode="nearest", is_label=True)
         data = lab.to_numpy()
         if data.dtype.kind == "f":
             if not np.array_equal(data, np.round(data)):
-                raise FormatError(f"{case['label']}: label map holds non-integer values")
+                raise FormatError(f"{label_name}: label map holds non-integer values")
         if data.min() < 0:
-            raise FormatError(f"{case['label']}: label map holds negative values")
+            raise FormatError(f"{label_name}: label map holds negative values")
         label = data.astype(np.uint8 if data.max() < 256 else np.uint16)
     img = image.to_numpy()
-    meta = {"case_id": case["id"], "sources": case["image"], "label_source": case["label"], "original_grid": original}
+    sources = _jsonable(case["image"])
+    meta = {"case_id": case["id"], "sources": sources, "label_source": label_name, "original_grid": original}
     entry = {"id": case["id"], "file": target.name, "shape": list(img.shape), "spacing": list(image.spacing),
-             "dtype": str(img.dtype), "sources": case["image"], "label": case["label"], "original_grid": original}  # fmt: skip
+             "dtype": str(img.dtype), "sources": sources, "label": label_name, "original_grid": original}  # fmt: skip
     # Never replace a file medstack did not write for this case (a foreign <id>.h5 in the folder), even with
     # overwrite; our own file of this case is rewritten (overwrite, or a run killed before its manifest entry).
     # A file appearing after this check is not replaced either: publishing without overwrite fails if it exists.
@@ -343,7 +402,7 @@ def _write_case(target, replace, image, img, label, meta, entry, case, max_per_c
             gl = g.create_group("label")
             gl.create_dataset("data", data=label, chunks=_chunks_for(label.shape, "auto"))
             gl.attrs["affine"] = np.asarray(image.affine)
-            gl.attrs["metadata"] = metadata_json({"case_id": case["id"], "source": case["label"]})
+            gl.attrs["metadata"] = metadata_json({"case_id": case["id"], "source": _jsonable(case["label"])})
             voxels, counts, boxes = class_voxel_lists(label[0], max_per_class=max_per_class)
             s = f.create_group("sampling")
             for v, coords in voxels.items():
@@ -367,9 +426,11 @@ def prepare(cases, out_dir, *, spacing: Sequence[float] | float | None = None, w
 
     Parameters
     ----------
-    cases : list of dict, or path to a CSV / JSON manifest
-        Each case: ``id``, ``image`` (one source or a list of channel sources: DICOM folders or files),
-        optional ``label``. Channels are stacked on the first image's grid.
+    cases : list of dict / paths / Volumes, or path to a CSV / JSON manifest
+        Each case: ``id``, ``image`` (one source or a list of channel sources: DICOM folders or files, or
+        in-memory Volumes), optional ``label`` (a path or a Volume). Channels are stacked on the first image's
+        grid. A bare path or Volume is one image without label (see :func:`read_cases` for default ids). Cases
+        with Volumes are processed in this process.
     spacing : optional target spacing (mm, D H W) to resample every case to (labels: nearest).
     workers : processes (default: all cores).
     overwrite : redo cases whose file exists (otherwise complete cases are skipped: resumable).
@@ -412,12 +473,17 @@ def prepare(cases, out_dir, *, spacing: Sequence[float] | float | None = None, w
         if bar is not None:
             bar.update(1)
 
-    if n_workers == 1 or len(jobs) <= 1:
-        for j in jobs:
+    # cases with in-memory Volumes run in this process (their data is never sent to workers nor pickled)
+    local = [j for j in jobs if _has_volume(j[0])]
+    pooled = [j for j in jobs if not _has_volume(j[0])]
+    for j in local:
+        collect(_run(j))
+    if n_workers == 1 or len(pooled) <= 1:
+        for j in pooled:
             collect(_run(j))
     else:
-        with ProcessPoolExecutor(min(n_workers, len(jobs))) as pool:
-            for r in pool.map(_run, jobs):
+        with ProcessPoolExecutor(min(n_workers, len(pooled))) as pool:
+            for r in pool.map(_run, pooled):
                 collect(r)
     if bar is not None:
         bar.close()
@@ -429,6 +495,11 @@ def prepare(cases, out_dir, *, spacing: Sequence[float] | float | None = None, w
             raise kind(msg)
         raise (ReadError if all(issubclass(k, OSError) for k in kinds) else FormatError)(msg)
     return manifest_path
+
+
+def _has_volume(case: dict) -> bool:
+    return _is_volume(case["label"]) or any(
+        _is_volume(p) or (isinstance(p, list) and any(_is_volume(q) for q in p)) for p in case["image"])
 
 
 def _write_manifest(path: Path, rows, done) -> None:

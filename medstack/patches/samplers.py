@@ -12,13 +12,14 @@ sampling costs microseconds per patch instead of a pass over the label map.
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from collections.abc import Mapping, Sequence
 
 import numpy as np
 
 from medstack.errors import ArgumentError, GeometryError
 
-__all__ = ["CaseInfo", "GridSampler", "LabelSampler", "PatchSampler", "UniformSampler", "WeightedSampler", "grid_positions"]
+__all__ = ["CaseInfo", "GridSampler", "LabelSampler", "PatchSampler", "PatchSizeWarning", "UniformSampler", "WeightedSampler", "grid_positions"]
 
 
 @dataclasses.dataclass
@@ -29,6 +30,33 @@ class CaseInfo:
     class_voxels: Mapping[int, np.ndarray] = dataclasses.field(default_factory=dict)  # label -> (n, 3) coords
     background_voxels: np.ndarray | None = None  # (n, 3) coords with label 0 (a random subset)
     weights: np.ndarray | None = None  # (D, H, W) probability map for WeightedSampler (any scale)
+
+
+class PatchSizeWarning(UserWarning):
+    """A patch is larger than the volume along some axis: part of every patch is padding."""
+
+
+def padding_fraction(shape, patch_size) -> float:
+    """Fraction of a patch's voxels that lie outside a volume of ``shape`` (D, H, W) at best (0 when it fits)."""
+    p = _size3(patch_size)
+    inside = np.minimum(np.asarray(shape, dtype=np.int64), p)
+    return float(1.0 - np.prod(inside / p))
+
+
+def warn_patch_larger(shape, patch_size, what: str, *, stacklevel: int = 3) -> bool:
+    """Warn (:class:`PatchSizeWarning`) when ``patch_size`` exceeds ``shape`` (D, H, W) along any axis, giving
+    the padding fraction; returns whether it warned. Callers warn once per volume / case."""
+    p = _size3(patch_size)
+    shape = tuple(int(s) for s in shape)
+    axes = [a for a in range(3) if p[a] > shape[a]]
+    if not axes:
+        return False
+    frac = padding_fraction(shape, p)
+    names = ", ".join("DHW"[a] for a in axes)
+    warnings.warn(f"{what}: patch size {tuple(int(v) for v in p)} is larger than the volume {shape} along {names}; "
+                  f"{frac:.1%} of each patch is padding (pad_value / label 0). Use a smaller patch_size or resample "
+                  "the volume", PatchSizeWarning, stacklevel=stacklevel)  # fmt: skip
+    return True
 
 
 def _size3(patch_size) -> np.ndarray:
