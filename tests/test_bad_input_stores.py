@@ -498,3 +498,21 @@ def test_bad_original_grid_field_is_a_typed_error(grid):
 
     with pytest.raises(FormatError, match=r"case 'c7': field 'original_grid'"):
         to_original_grid(_volume(), {"id": "c7", "original_grid": grid})
+
+
+def test_an_empty_temporary_of_a_dead_writer_is_cleaned(tmp_path):
+    # a writer killed between creating its temporary folder and locking it leaves an empty, unmarked folder
+    import subprocess
+    import sys
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    pid = int(dead.stdout)
+    orphan = tmp_path / f".x.json.{pid}.abcd1234.partial"
+    orphan.mkdir()
+    alive = tmp_path / f".y.json.{os.getpid()}.abcd1234.partial"
+    alive.mkdir()
+    kept = tmp_path / f".z.json.{pid}.abcd1234.partial"
+    kept.mkdir()
+    (kept / "data").write_text("not empty: not ours to judge")
+    assert clean_stale_partials(tmp_path) == [orphan]
+    assert alive.exists() and kept.exists() and not orphan.exists()

@@ -143,6 +143,19 @@ def _stale(folder: Path) -> int | None:
     return fd
 
 
+def _empty_and_orphaned(folder: Path, pid: int) -> bool:
+    """An empty temporary folder whose writer process no longer exists (nothing to lose by removing it)."""
+    if folder.is_symlink() or not folder.is_dir() or any(folder.iterdir()):
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except OSError:
+        return False
+    return False
+
+
 def clean_stale_partials(folder) -> list[Path]:
     """Remove temporary folders left in ``folder`` (recursively) by writers that were killed.
 
@@ -161,6 +174,10 @@ def clean_stale_partials(folder) -> list[Path]:
             continue
         fd = _stale(p)
         if fd is None:
+            if _empty_and_orphaned(p, int(parts[-2])):  # killed between mkdtemp and its lock marker
+                with contextlib.suppress(OSError):
+                    p.rmdir()
+                    removed.append(p)
             continue
         try:
             shutil.rmtree(p, ignore_errors=True)
