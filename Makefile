@@ -40,7 +40,7 @@ lint: venv
 
 # pytest exits 5 when it collects no test: that is a broken suite here, never a pass.
 test: venv lint
-	$(PY) -m pytest -q --nbmake tests notebooks; rc=$$?; \
+	$(PY) -m pytest -q --nbmake --doctest-modules tests notebooks medstack; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests" >&2; exit 1; fi; exit $$rc
 
 bench: venv
