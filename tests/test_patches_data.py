@@ -1,4 +1,5 @@
 import json
+import warnings
 
 import numpy as np
 import pytest
@@ -29,6 +30,7 @@ from medstack.patches import (
     read_patch_into,
     sliding_window_inference,
 )
+from medstack.patches.samplers import PatchSizeWarning
 from medstack.testing import axis_code_affine, center_affine, phantom_pair, random_affine
 from medstack.transforms.gpu import BatchAugment
 
@@ -166,7 +168,8 @@ def test_prepare_is_resumable_and_reports_failures(store, tmp_path):
 
 def test_patch_from_store_equals_crop_of_eager_volume(store):
     root, cases, manifest = store
-    ds = PatchDataset(root / "out", UniformSampler((12, 40, 10)), samples_per_volume=5, seed=3)
+    with pytest.warns(PatchSizeWarning, match="padding"):  # the patch pads past the border on purpose
+        ds = PatchDataset(root / "out", UniformSampler((12, 40, 10)), samples_per_volume=5, seed=3)
     for i in range(len(ds)):
         item = ds[i]
         case_i = i // 5
@@ -307,7 +310,9 @@ def test_patch_loader_equals_dataloader_batches(store, sampler, patch):
     """Threaded batches (mmap reads, padding where the patch passes the volume's edge) equal default_collate
     of the dataset's items, for any number of threads."""
     root, _, _ = store
-    ds = PatchDataset(root / "out", sampler(patch), samples_per_volume=5, seed=2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", PatchSizeWarning)  # one case is smaller than the patch on purpose
+        ds = PatchDataset(root / "out", sampler(patch), samples_per_volume=5, seed=2)
     reference = list(make_loader(ds, batch_size=4, num_workers=0, shuffle=False))
     for threads in (1, 3):
         _same_batches(PatchLoader(ds, batch_size=4, shuffle=False, num_threads=threads, prefetch=2), reference)

@@ -119,9 +119,11 @@ class CaseStore:
             entries = load_manifest(manifest)  # typed errors naming the file and field; plain file names only
             paths = [manifest.parent / e["file"] for e in entries]
             self.ids = [e["id"] for e in entries]
+            self.shapes = [e.get("shape") for e in entries]  # (C, D, H, W) as prepare recorded it
         else:
             paths = [Path(p) for p in ([source] if isinstance(source, str | Path) else source)]
             self.ids = [p.stem for p in paths]
+            self.shapes = [None] * len(paths)  # unknown until a case is opened
         if not paths:
             raise FormatError(f"{source}: CaseStore: no cases")
         for p in paths:
@@ -243,6 +245,9 @@ class PatchDataset(_SharedEpoch):
         self.samples_per_volume = int(samples_per_volume)
         self.transform, self.seed, self.pad_value = transform, int(seed), pad_value
         self.epoch = 0
+        for case_id, shape in zip(self.store.ids, getattr(self.store, "shapes", [])):
+            if isinstance(shape, list) and len(shape) >= 3:  # warned once per case, from the manifest
+                warn_patch_larger(shape[-3:], self.patch_size, f"case {case_id}")
 
     def __len__(self):
         return len(self.store) * self.samples_per_volume
