@@ -221,7 +221,7 @@ def resample(
                                 "use 'linear' for oblique resampling")  # fmt: skip
         out = _grid_sample(x.to(work), m, out_shape, mode, pad_value)
     if dtype is not None:
-        out = out.to(_torch_dtype(dtype))
+        out = out.to(torch_dtype(dtype))
     elif mode == "nearest" and out.dtype != in_dtype:
         out = out.round().to(in_dtype) if not in_dtype.is_floating_point else out.to(in_dtype)
     data = out.cpu().numpy() if is_numpy else out
@@ -494,7 +494,8 @@ def _grid_sample(x, m: np.ndarray, out_shape, mode: str, pad_value: float):
     return out
 
 
-def _torch_dtype(dtype):
+def torch_dtype(dtype):
+    """The torch dtype of a NumPy or torch dtype (one helper for resampling and the loader's batch buffers)."""
     import torch
 
     if isinstance(dtype, torch.dtype):

@@ -18,16 +18,18 @@ import warnings
 import zlib
 from pathlib import Path
 
-import nibabel as nib
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
 
 import medstack
 from medstack.errors import FormatError, GeometryError, MedstackError, ReadError
 from medstack.io.images import load_stack
 from medstack.io.nifti import read_nifti
+
+# optional packages: the module still collects (and skips) on machines without them
+nib = pytest.importorskip("nibabel")
+hypothesis = pytest.importorskip("hypothesis")
+HealthCheck, given, settings, st = hypothesis.HealthCheck, hypothesis.given, hypothesis.settings, hypothesis.strategies
 
 # -- NIfTI: header fields checked before anything is allocated ---------------------------------------------
 

@@ -12,11 +12,7 @@ import json
 from pathlib import Path
 
 import numpy as np
-import pydicom
 import pytest
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.sequence import Sequence as DicomSequence
-from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 import medstack
 from medstack import geometry
@@ -35,6 +31,12 @@ from medstack.io.dicom.annotations import (
     write_seg,
 )
 from medstack.testing import axis_code_affine, center_affine, phantom, random_affine, write_dicom_series
+
+# optional packages: the module still collects (and skips) on machines without them
+pydicom = pytest.importorskip("pydicom")
+Dataset, FileMetaDataset = pydicom.dataset.Dataset, pydicom.dataset.FileMetaDataset
+DicomSequence = pydicom.sequence.Sequence
+ExplicitVRLittleEndian, generate_uid = pydicom.uid.ExplicitVRLittleEndian, pydicom.uid.generate_uid
 
 GRIDS = {  # name: ((D, H, W), affine); odd sizes so packed 1-bit frames share bytes
     "axial": ((6, 12, 13), center_affine(axis_code_affine("LPS", (0.8, 0.7, 2.0)), (6, 12, 13), (3.0, -2.0, 5.0))),

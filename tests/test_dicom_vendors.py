@@ -6,15 +6,16 @@ colour images, the standard diffusion b-value tag) and compares what medstack lo
 """
 
 import numpy as np
-import pydicom
 import pytest
-from pydicom.dataset import Dataset
-from pydicom.sequence import Sequence
 
 import medstack
 from medstack.errors import DicomError
 from medstack.io import dicom
 from medstack.testing import axis_code_affine, center_affine, phantom, random_affine, write_dicom_series
+
+# optional packages: the module still collects (and skips) on machines without them
+pydicom = pytest.importorskip("pydicom")
+Dataset, Sequence = pydicom.dataset.Dataset, pydicom.sequence.Sequence
 
 LPS = np.array([-1.0, -1.0, 1.0])
 

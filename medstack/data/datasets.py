@@ -21,7 +21,7 @@ import numpy as np
 from medstack import geometry
 from medstack.errors import FormatError, GeometryError, ReadError
 from medstack.patches.reading import read_patch
-from medstack.patches.samplers import CaseInfo, PatchSampler, _size3, warn_patch_larger
+from medstack.patches.samplers import CaseInfo, PatchSampler, size3, warn_patch_larger
 from medstack.volume import Volume
 
 __all__ = ["CaseGroupedSampler", "CaseStore", "PatchDataset", "QueueDataset", "VolumeDataset"]
@@ -195,7 +195,7 @@ class CaseStore:
 
 
 def _patch_item(case_id: str, image: Volume, label, start, patch_size, pad_value, transform, rng_torch):
-    p = _size3(patch_size)
+    p = size3(patch_size)
     img = read_patch(image.data, start, p, pad_value)
     affine = geometry.box_affine(image.affine, start)
     sample = {"image": Volume(img, affine)}
@@ -237,7 +237,7 @@ class PatchDataset(_SharedEpoch):
         if not isinstance(sampler, PatchSampler):
             raise FormatError(f"sampler must be a medstack PatchSampler, got {type(sampler).__name__}")
         self.sampler = sampler
-        self.patch_size = sampler.patch_size if patch_size is None else _size3(patch_size)
+        self.patch_size = sampler.patch_size if patch_size is None else size3(patch_size)
         if not np.array_equal(self.patch_size, sampler.patch_size):
             raise GeometryError(f"patch_size {tuple(self.patch_size)} differs from the sampler's {tuple(sampler.patch_size)}")
         if samples_per_volume < 1:

@@ -13,7 +13,7 @@ import numpy as np
 from medstack import geometry
 from medstack.errors import FormatError
 from medstack.patches.reading import read_patch_into
-from medstack.resample import _torch_dtype
+from medstack.resample import torch_dtype
 
 __all__ = ["DevicePrefetcher", "PatchLoader", "make_loader"]
 
@@ -111,7 +111,7 @@ class PatchLoader:
         def empty(arr, channels):
             shape = (len(indices), channels, *p)
             if self.pin_memory:  # torch's pinned allocator caches its blocks
-                return torch.empty(shape, dtype=_torch_dtype(arr.dtype), pin_memory=True)
+                return torch.empty(shape, dtype=torch_dtype(arr.dtype), pin_memory=True)
             key = ((self.batch_size, *shape[1:]), np.dtype(arr.dtype))
             with self._buffers_lock:
                 pool = self._buffers.setdefault(key, _BufferPool(*key))

@@ -16,7 +16,7 @@ import numpy as np
 
 from medstack.errors import ArgumentError, GeometryError
 from medstack.io._direct import inside_box
-from medstack.patches.samplers import _size3, grid_positions
+from medstack.patches.samplers import grid_positions, size3
 from medstack.volume import Volume
 
 __all__ = ["Aggregator", "gaussian_weights", "sliding_window_inference"]
@@ -38,7 +38,7 @@ def gaussian_weights(patch_size, sigma_scale: float = 0.125, *, separable: bool 
     The map is the outer product of three 1D Gaussians, each floored at 0.1 (so the map is >= 1e-3 and
     > 0 everywhere, as nnU-Net's clamp). ``separable=True`` returns the three 1D factors (float32) instead.
     """
-    p = _size3(patch_size)
+    p = size3(patch_size)
     axes = [_gaussian_1d(int(n), sigma_scale, 0.1).astype(np.float32) for n in p]
     if separable:
         return axes
@@ -63,7 +63,7 @@ class Aggregator:
         if mode not in ("constant", "gaussian"):
             raise ArgumentError(f"Aggregator mode must be 'constant' or 'gaussian', got {mode!r}")
         self.shape = tuple(int(s) for s in shape)
-        self.patch_size = tuple(int(p) for p in _size3(patch_size))
+        self.patch_size = tuple(int(p) for p in size3(patch_size))
         self.device = torch.device(device)
         self.sum = torch.zeros((n_channels, *self.shape), dtype=torch.float32, device=self.device)
         if mode == "constant":
@@ -166,7 +166,7 @@ def sliding_window_inference(volume: Volume, predictor: Callable, patch_size, *,
 
     starts = grid_positions(volume.spatial_shape, patch_size, overlap)
     data = volume.data  # numpy, torch or lazy HDF5 (each window then reads only its bytes)
-    p = tuple(int(v) for v in _size3(patch_size))
+    p = tuple(int(v) for v in size3(patch_size))
     data, np_dtype = numpy_dtype(data)
     agg = None
     with torch.no_grad():

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from medstack.io._direct import padded_box
-from medstack.patches.samplers import _size3
+from medstack.patches.samplers import size3
 
 
 def read_patch_into(data, out, start, pad_value=0.0):
@@ -41,7 +41,7 @@ def read_patch(data, start, patch_size, pad_value=0.0) -> np.ndarray:
 
     Only the needed bytes are read from lazy (HDF5) data. See :func:`read_patch_into` to fill a given array.
     """
-    p = _size3(patch_size)
+    p = size3(patch_size)
     data, dtype = numpy_dtype(data)
     return read_patch_into(data, np.empty((data.shape[0], *(int(v) for v in p)), dtype=dtype), start, pad_value)
 

@@ -38,7 +38,7 @@ class PatchSizeWarning(UserWarning):
 
 def padding_fraction(shape, patch_size) -> float:
     """Fraction of a patch's voxels that lie outside a volume of ``shape`` (D, H, W) at best (0 when it fits)."""
-    p = _size3(patch_size)
+    p = size3(patch_size)
     inside = np.minimum(np.asarray(shape, dtype=np.int64), p)
     return float(1.0 - np.prod(inside / p))
 
@@ -46,7 +46,7 @@ def padding_fraction(shape, patch_size) -> float:
 def warn_patch_larger(shape, patch_size, what: str, *, stacklevel: int = 3) -> bool:
     """Warn (:class:`PatchSizeWarning`) when ``patch_size`` exceeds ``shape`` (D, H, W) along any axis, giving
     the padding fraction; returns whether it warned. Callers warn once per volume / case."""
-    p = _size3(patch_size)
+    p = size3(patch_size)
     shape = tuple(int(s) for s in shape)
     axes = [a for a in range(3) if p[a] > shape[a]]
     if not axes:
@@ -59,7 +59,8 @@ def warn_patch_larger(shape, patch_size, what: str, *, stacklevel: int = 3) -> b
     return True
 
 
-def _size3(patch_size) -> np.ndarray:
+def size3(patch_size) -> np.ndarray:
+    """A patch size as three ints ``(D, H, W)``: one value is repeated, three are kept (shared by datasets)."""
     p = np.asarray(patch_size, dtype=np.int64).reshape(-1)
     if p.size == 1:
         p = np.repeat(p, 3)
@@ -72,7 +73,7 @@ class PatchSampler:
     """Base class. ``sample(case, rng, n)`` returns ``(n, 3)`` int64 start positions."""
 
     def __init__(self, patch_size):
-        self.patch_size = _size3(patch_size)
+        self.patch_size = size3(patch_size)
 
     def sample(self, case: CaseInfo, rng: np.random.Generator, n: int = 1) -> np.ndarray:
         raise NotImplementedError  # pragma: no cover
@@ -179,7 +180,7 @@ class LabelSampler(PatchSampler):
 def grid_positions(shape, patch_size, overlap=0.25) -> np.ndarray:
     """Starts of a grid of patches covering every voxel; the last patch on each axis ends at the volume's end
     (volumes smaller than the patch: one centred, padded patch on that axis). ``overlap`` in [0, 1)."""
-    p = _size3(patch_size)
+    p = size3(patch_size)
     ov = np.broadcast_to(np.asarray(overlap, dtype=np.float64), (3,))
     if np.any(ov < 0) or np.any(ov >= 1):
         raise ArgumentError(f"overlap must be in [0, 1), got {overlap}")
