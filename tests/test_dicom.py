@@ -2,6 +2,7 @@
 
 import shutil
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -403,3 +404,36 @@ def test_monochrome1_is_inverted(tmp_path):
     write_dicom_series(data, tmp_path, affine=np.eye(4), rescale_intercept=0, unsigned=True, per_slice=mono1)
     vol = medstack.load(tmp_path)
     np.testing.assert_array_equal(vol.data[0], 4095 - data)
+
+
+def test_fast_header_walk_gives_the_same_headers_as_pydicom(monkeypatch):
+    # pass 1 walks the first bytes itself and hands pydicom only the wanted elements; on every real and test
+    # file at hand, the FileHeader must equal the one from pydicom's own parse (the fallback path)
+    import dataclasses
+
+    import pydicom.data
+
+    from medstack.io.dicom import _fastheader, _headers
+
+    shared = Path(__file__).resolve().parents[1].parent / "shared"
+    files = [p for root in (shared / "dicom-qa", shared / "dicom-qa2", Path(pydicom.data.__file__).parent / "test_files")
+             for p in sorted(root.rglob("*")) if p.is_file() and _headers.looks_like_dicom(str(p))]  # fmt: skip
+    assert len(files) > 50
+
+    def parse(path):
+        try:
+            return _headers.parse_file(str(path))
+        except Exception as e:  # unreadable either way is equal
+            return type(e).__name__
+
+    fast = {p: parse(p) for p in files}
+    monkeypatch.setattr(_fastheader, "walk", lambda *a, **k: None)  # force pydicom's parse
+    walked = 0
+    for p in files:
+        slow = parse(p)
+        if isinstance(slow, str) or isinstance(fast[p], str):
+            continue  # the walker never reads what pydicom refuses; failures are findings either way
+        walked += 1
+        a, b = dataclasses.asdict(fast[p]), dataclasses.asdict(slow)
+        np.testing.assert_equal(a, b, err_msg=str(p))
+    assert walked > 50
