@@ -26,7 +26,7 @@ import numpy as np
 import medstack
 from medstack.errors import DicomError, FormatError, MedstackError, OutputExistsError, ReadError
 from medstack.io._atomic import WriteError, atomic_output, check_free_space
-from medstack.io.store import metadata_json
+from medstack.io.store import json_object, metadata_json
 
 MANIFEST = "manifest.json"
 MANIFEST_FORMAT = "medstack-cases"
@@ -81,12 +81,7 @@ def load_manifest(path) -> list[dict]:
         raise FormatError(f"{path}: manifest is not UTF-8 text ({e})") from e
     except OSError as e:
         raise ReadError(f"{path}: cannot read the manifest ({e.strerror or e})") from e
-    try:
-        data = json.loads(text)
-    except ValueError as e:
-        raise FormatError(f"{path}: manifest is not valid JSON ({e})") from e
-    if not isinstance(data, dict):
-        raise FormatError(f"{path}: manifest is JSON {type(data).__name__}, expected an object with a 'cases' list")
+    data = json_object(text, f"{path}: manifest")
     if data.get("format", MANIFEST_FORMAT) != MANIFEST_FORMAT:
         raise FormatError(f"{path}: field 'format' is {data.get('format')!r}, expected {MANIFEST_FORMAT!r}")
     cases = data.get("cases")

@@ -128,13 +128,18 @@ def _metadata(g, where: str) -> dict:
         raw = raw.decode("utf-8", errors="replace")
     if not isinstance(raw, str):
         raise FormatError(f"{where}: {g.name} attribute 'metadata' is a {type(raw).__name__}, expected JSON text")
+    return json_object(raw, f"{where}: {g.name} attribute 'metadata'")
+
+
+def json_object(text: str, what: str) -> dict:
+    """``text`` parsed as a JSON object, or a FormatError naming ``what`` (a file, or a file and its field)."""
     try:
-        meta = json.loads(raw)
+        value = json.loads(text)
     except ValueError as e:
-        raise FormatError(f"{where}: {g.name} attribute 'metadata' is not valid JSON ({e})") from e
-    if not isinstance(meta, dict):
-        raise FormatError(f"{where}: {g.name} attribute 'metadata' is JSON {type(meta).__name__}, expected an object")
-    return meta
+        raise FormatError(f"{what} is not valid JSON ({e})") from e
+    if not isinstance(value, dict):
+        raise FormatError(f"{what} is JSON {type(value).__name__}, expected an object")
+    return value
 
 
 class H5Array:
