@@ -511,8 +511,11 @@ def test_an_empty_temporary_of_a_dead_writer_is_cleaned(tmp_path):
     orphan.mkdir()
     alive = tmp_path / f".y.json.{os.getpid()}.abcd1234.partial"
     alive.mkdir()
+    staged = tmp_path / f".w.json.{pid}.abcd1234.partial"  # killed while staging its lock marker
+    staged.mkdir()
+    (staged / (LOCK_NAME + ".new")).write_bytes(b"")
     kept = tmp_path / f".z.json.{pid}.abcd1234.partial"
     kept.mkdir()
     (kept / "data").write_text("not empty: not ours to judge")
-    assert clean_stale_partials(tmp_path) == [orphan]
-    assert alive.exists() and kept.exists() and not orphan.exists()
+    assert sorted(clean_stale_partials(tmp_path)) == sorted([orphan, staged])
+    assert alive.exists() and kept.exists() and not orphan.exists() and not staged.exists()

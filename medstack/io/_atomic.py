@@ -144,8 +144,11 @@ def _stale(folder: Path) -> int | None:
 
 
 def _empty_and_orphaned(folder: Path, pid: int) -> bool:
-    """An empty temporary folder whose writer process no longer exists (nothing to lose by removing it)."""
-    if folder.is_symlink() or not folder.is_dir() or any(folder.iterdir()):
+    """A temporary folder holding no data (at most its lock marker, complete or still being staged) whose writer
+    process no longer exists: killed between mkdtemp and its lock, or while removing it; nothing to lose."""
+    if folder.is_symlink() or not folder.is_dir():
+        return False
+    if {p.name for p in folder.iterdir()} - {LOCK_NAME, LOCK_NAME + ".new"}:
         return False
     try:
         os.kill(pid, 0)
@@ -175,8 +178,8 @@ def clean_stale_partials(folder) -> list[Path]:
         fd = _stale(p)
         if fd is None:
             if _empty_and_orphaned(p, int(parts[-2])):  # killed between mkdtemp and its lock marker
-                with contextlib.suppress(OSError):
-                    p.rmdir()
+                shutil.rmtree(p, ignore_errors=True)
+                if not p.exists():
                     removed.append(p)
             continue
         try:
