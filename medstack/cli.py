@@ -257,13 +257,36 @@ def _triple(text: str, name: str) -> tuple[float, float, float]:
     return tuple(vals)
 
 
-def _spacing(text: str) -> tuple[float, float, float]:
-    from medstack.convert import check_spacing
+SPACING_HELP = ("in mm, in (D, H, W) order = slice step, row, column (the REVERSE of MONAI's pixdim / TorchIO's "
+                "x,y,z): 'd,h,w', one value, or named: 'd=2,h=0.7,w=0.7' or 'x=0.7,y=0.7,z=2'")
 
+
+def _spacing(text: str) -> tuple[float, float, float]:
+    """``--spacing``: 'd,h,w', one value, or named 'd=..,h=..,w=..' / 'x=..,y=..,z=..' (any order of the names)."""
+    from medstack.convert import check_spacing
+    from medstack.geometry import as_dhw
+
+    parts = [p.strip() for p in text.split(",")]
     try:
-        return check_spacing(_triple(text, "--spacing"))
-    except MedstackError as e:
-        raise UsageError(str(e)) from None
+        if any("=" in p for p in parts):
+            named = dict(p.split("=", 1) for p in parts)
+            value = as_dhw({k.strip(): float(v) for k, v in named.items()}, name="--spacing")
+        else:
+            value = _triple(text, "--spacing")
+            if len(set(parts)) > 1:
+                _note_axis_order(value)
+        return check_spacing(value)
+    except ValueError as e:  # MedstackError children here are ValueErrors; float('a') too
+        raise UsageError(f"--spacing {text!r}: {e}; {SPACING_HELP}") from None
+
+
+def _note_axis_order(value) -> None:
+    """A plain --spacing shaped like a MONAI pixdim (in-plane pair, then a coarser step): say how it is read."""
+    d, h, w = value
+    if abs(d - h) <= 0.1 * max(d, h) and w > 1.2 * max(d, h):
+        _say(f"medstack: note: --spacing {d:g},{h:g},{w:g} is (D, H, W): slices of {d:g} mm, columns of {w:g} mm. "
+             f"For MONAI / TorchIO (x, y, z) order write --spacing x={d:g},y={h:g},z={w:g}; write "
+             f"d={d:g},h={h:g},w={w:g} to keep this reading without this note.", err=True)
 
 
 def cmd_convert(args) -> int:
@@ -475,7 +498,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "(fields: patient, study_date, series_number, description, modality, series_uid, study_uid, "
                    "uid8, index, stem)")  # fmt: skip
     p.add_argument("--orient", help="reorient (no interpolation), e.g. RAS or LPS")
-    p.add_argument("--spacing", help="resample to this spacing in mm: 'd,h,w' or one value")
+    p.add_argument("--spacing", help="resample to this spacing " + SPACING_HELP)
     p.add_argument("--interp", choices=["linear", "nearest"], default="linear", help="interpolation for --spacing")
     p.add_argument("--dtype", help="output dtype, e.g. float32 or int16")
     p.add_argument("--on-gap", choices=["error", "warn", "resample", "split"], default="error")
@@ -495,7 +518,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("prepare", help="cases (CSV/JSON manifest) -> HDF5 patch store + manifest.json")
     p.add_argument("manifest", help="CSV or JSON with columns id, image (';'-separated channels), label")
     p.add_argument("output", help="output folder")
-    p.add_argument("--spacing", help="resample every case to this spacing in mm: 'd,h,w' or one value")
+    p.add_argument("--spacing", help="resample every case to this spacing " + SPACING_HELP)
     p.add_argument("--workers", type=int, help="processes (default: all cores)")
     p.add_argument("--overwrite", action="store_true", help="redo cases already prepared")
     p.set_defaults(func=cmd_prepare)

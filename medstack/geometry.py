@@ -15,13 +15,19 @@ permutes axes (views, never interpolation).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import warnings
+from collections.abc import Mapping, Sequence
+from typing import NamedTuple
 
 import numpy as np
 
-from medstack.errors import GeometryError
+from medstack.errors import ArgumentError, GeometryError
 
 __all__ = [
+    "DHW",
+    "XYZ",
+    "AxisOrderWarning",
+    "as_dhw",
     "axcodes",
     "box_affine",
     "check_affine",
@@ -211,3 +217,104 @@ def world_to_voxel(affine: np.ndarray, points) -> np.ndarray:
         raise GeometryError(f"points must have shape (..., 3) as RAS (x, y, z) mm, got {pts.shape}")
     inv = np.linalg.inv(np.asarray(affine, dtype=np.float64))
     return pts @ inv[:3, :3].T + inv[:3, 3]
+
+
+# -- spatial triples: the axis order, made explicit -------------------------------------------------------------
+
+
+class DHW(NamedTuple):
+    """A spatial triple in medstack's array order: slices, rows, columns (``D, H, W``).
+
+    Every plain 3-tuple medstack takes (``spacing=``, ``shape=``, ``patch_size=``, ``size=``) is in this order,
+    the reverse of MONAI's ``pixdim`` / ``spatial_size`` and TorchIO's ``(x, y, z)``. Naming the order makes a
+    call impossible to misread:
+
+    >>> DHW(d=2.0, h=0.7, w=0.7)
+    DHW(d=2.0, h=0.7, w=0.7)
+    """
+
+    d: float
+    h: float
+    w: float
+
+
+class XYZ(NamedTuple):
+    """A spatial triple in voxel-axis order ``(i, j, k) = (W, H, D)``: MONAI's ``pixdim`` / ``spatial_size``,
+    TorchIO's ``(x, y, z)``, NIfTI's ``pixdim[1:4]``. Pass it where medstack takes a spacing or size to copy a
+    MONAI / TorchIO value as it is:
+
+    >>> XYZ(0.7, 0.7, 2.0).to_dhw()
+    DHW(d=2.0, h=0.7, w=0.7)
+    """
+
+    x: float
+    y: float
+    z: float
+
+    def to_dhw(self) -> DHW:
+        return DHW(self.z, self.y, self.x)
+
+
+class AxisOrderWarning(UserWarning):
+    """A plain 3-tuple that looks like it was written in MONAI / TorchIO ``(x, y, z)`` order."""
+
+
+_NAMED = {"d": 0, "h": 1, "w": 2, "x": 2, "y": 1, "z": 0}
+
+
+def as_dhw(value, *, name: str = "spacing", volume_spacing=None, integer: bool = False) -> tuple:
+    """A spatial triple in ``(D, H, W)`` order from any accepted form.
+
+    Accepted: one number (all three axes); a plain sequence of three, read as ``(D, H, W)``; :class:`DHW`;
+    :class:`XYZ` (MONAI / TorchIO order, reversed here); a mapping with keys ``D, H, W`` or ``x, y, z``
+    (case-insensitive, not mixed).
+
+    With ``volume_spacing`` (the ``(D, H, W)`` spacing of the volume it applies to), a plain spacing sequence
+    shaped like an in-plane pair followed by a coarser slice step (e.g. ``(1.5, 1.5, 2)``: the first two equal
+    within 10%, the last over 1.2x larger), on a volume whose slice axis (first) is its coarsest, is most likely
+    a MONAI ``pixdim`` copied as it is: an :class:`AxisOrderWarning` says so (once per call site) and how to be explicit.
+
+    >>> as_dhw({"D": 2, "H": 1.5, "W": 1.5})
+    (2.0, 1.5, 1.5)
+    >>> as_dhw(XYZ(1.5, 1.5, 2))
+    (2.0, 1.5, 1.5)
+    >>> as_dhw(1.0)
+    (1.0, 1.0, 1.0)
+    """
+    kind = float if not integer else int
+    if isinstance(value, XYZ):
+        value = value.to_dhw()
+    plain = not isinstance(value, DHW | Mapping)
+    if isinstance(value, Mapping):
+        keys = {str(k).lower(): v for k, v in value.items()}
+        if set(keys) not in ({"d", "h", "w"}, {"x", "y", "z"}):
+            raise ArgumentError(f"{name}: a mapping needs the keys D, H, W (medstack order) or x, y, z (MONAI / TorchIO "
+                                f"order), got {sorted(map(str, value))}")  # fmt: skip
+        out = [None] * 3
+        for k, v in keys.items():
+            out[_NAMED[k]] = v
+        value = out
+    try:
+        arr = np.atleast_1d(np.asarray(value, dtype=np.float64))
+    except (TypeError, ValueError):
+        raise ArgumentError(f"{name} must be one number or three in (D, H, W) order (or DHW / XYZ / a dict), "
+                            f"got {value!r}") from None  # fmt: skip
+    if arr.size == 1:
+        arr = np.repeat(arr, 3)
+    if arr.shape != (3,):
+        raise ArgumentError(f"{name} must be one number or three in (D, H, W) order (or DHW / XYZ / a dict), got "
+                            f"{value!r}")  # fmt: skip
+    if integer and np.any(arr != np.round(arr)):
+        raise ArgumentError(f"{name} must be integers in (D, H, W) order, got {tuple(arr)}")
+    if plain and volume_spacing is not None and name.endswith("spacing"):
+        vs = np.asarray(volume_spacing, dtype=np.float64)
+        in_plane_first = abs(arr[0] - arr[1]) <= 0.1 * max(arr[0], arr[1]) and arr[2] > 1.2 * max(arr[0], arr[1])
+        if in_plane_first and vs.shape == (3,) and vs[0] > 1.2 * max(vs[1], vs[2]):
+            warnings.warn(
+                f"{name}={tuple(float(v) for v in arr)} is read in (D, H, W) order (slices, rows, columns): slices of "
+                f"{arr[0]:g} mm, columns of {arr[2]:g} mm, on a volume whose slices are its coarsest axis "
+                f"({tuple(round(float(v), 3) for v in vs)} mm). If this is a MONAI pixdim / TorchIO (x, y, z) value, "
+                f"write {name}=medstack.geometry.XYZ{tuple(float(v) for v in arr)}; to keep (D, H, W), write "
+                f"{name}=medstack.geometry.DHW{tuple(float(v) for v in arr)} (no warning).",
+                AxisOrderWarning, stacklevel=3)  # fmt: skip
+    return tuple(kind(v) for v in arr)

@@ -83,9 +83,11 @@ class Volume:
         return self.shape[0]
 
     @property
-    def spacing(self) -> tuple[float, float, float]:
-        """Voxel size in mm in array order ``(D, H, W)`` (slice step, row step, column step)."""
-        return tuple(float(s) for s in geometry.ijk_to_dhw(geometry.spacing(self.affine)))
+    def spacing(self) -> geometry.DHW:
+        """Voxel size in mm in array order ``(D, H, W)`` (slice step, row step, column step), as a
+        :class:`~medstack.geometry.DHW` named tuple (``vol.spacing.d``; it compares equal to a plain tuple).
+        Passing it back as ``spacing=`` is explicit: no axis-order warning."""
+        return geometry.DHW(*(float(s) for s in geometry.ijk_to_dhw(geometry.spacing(self.affine))))
 
     @property
     def origin(self) -> tuple[float, float, float]:

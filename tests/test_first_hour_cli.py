@@ -208,3 +208,50 @@ def test_readme_setup_is_truthful():
     assert "CUDA" in setup
     for dep in ("monai", "nibabel", "pydicom", "SimpleITK", "highdicom", "dev"):
         assert dep in setup, dep
+
+
+# -- point 4: axis order made explicit ---------------------------------------------------------------------------
+
+
+def test_convert_spacing_named_xyz_is_monai_order(capsys, tmp_path):
+    vol = world_volume((10, 12, 14), axis_code_affine("RAS", (1.0, 1.0, 3.0), (0, 0, 0)))
+    src = tmp_path / "in.h5"
+    medstack.save(vol, src)
+    out = tmp_path / "out.nii.gz"
+    code, _, err = run(capsys, "convert", src, out, "--spacing", "x=1.5,y=1.5,z=2")
+    assert code == 0, err
+    assert medstack.load(out).spacing == pytest.approx((2.0, 1.5, 1.5))
+    out2 = tmp_path / "out2.nii.gz"
+    code, _, err = run(capsys, "convert", src, out2, "--spacing", "D=2, H=1.5, W=1.5")
+    assert code == 0, err
+    assert medstack.load(out2).spacing == pytest.approx((2.0, 1.5, 1.5))
+
+
+def test_convert_plain_monai_looking_spacing_prints_a_note(capsys, tmp_path):
+    vol = world_volume((10, 12, 14), axis_code_affine("RAS", (1.0, 1.0, 3.0), (0, 0, 0)))
+    src = tmp_path / "in.h5"
+    medstack.save(vol, src)
+    code, _, err = run(capsys, "convert", src, tmp_path / "o.nii.gz", "--spacing", "1.5,1.5,2")
+    assert code == 0, err
+    assert "(D, H, W)" in err and "x=1.5,y=1.5,z=2" in err
+    assert medstack.load(tmp_path / "o.nii.gz").spacing == pytest.approx((1.5, 1.5, 2.0))  # read as D, H, W
+    code, _, err = run(capsys, "convert", src, tmp_path / "o2.nii.gz", "--spacing", "2,1.5,1.5")
+    assert code == 0 and "note" not in err
+
+
+@pytest.mark.parametrize("bad", ["x=1,h=2,w=3", "d=1,h=2", "1,2", "a,b,c", "x=1,y=2,z=q"])
+def test_convert_bad_spacing_is_a_usage_error_naming_the_order(capsys, tmp_path, bad):
+    vol = world_volume((4, 5, 6), axis_code_affine("RAS", (1.0, 1.0, 1.0), (0, 0, 0)))
+    src = tmp_path / "in.h5"
+    medstack.save(vol, src)
+    code, _, err = run(capsys, "convert", src, tmp_path / "o.nii.gz", "--spacing", bad)
+    assert code == 2 and "Traceback" not in err
+    assert "--spacing" in err
+
+
+@pytest.mark.parametrize("command", ["convert", "prepare"])
+def test_spacing_help_states_the_axis_order(capsys, command):
+    code, out, _ = run(capsys, command, "--help")
+    assert code == 0
+    text = " ".join(out.split())
+    assert "(D, H, W)" in text and "pixdim" in text and "x=" in text

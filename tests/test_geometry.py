@@ -124,3 +124,62 @@ def test_box_affine_maps_box_voxels_onto_the_same_world_points():
     np.testing.assert_allclose(geometry.voxel_to_world(box, ijk),
                                geometry.voxel_to_world(affine, ijk + np.array(start[::-1])), atol=1e-9)  # fmt: skip
     np.testing.assert_array_equal(box[:3, :3], affine[:3, :3])
+
+
+# -- spatial triples: the axis order made explicit (issue: axis-order traps) -------------------------------------
+
+
+def test_as_dhw_accepts_every_explicit_form():
+    from medstack.geometry import DHW, XYZ, as_dhw
+
+    expected = (2.0, 1.5, 1.25)
+    assert as_dhw((2, 1.5, 1.25)) == expected
+    assert as_dhw(DHW(2, 1.5, 1.25)) == expected
+    assert as_dhw(XYZ(1.25, 1.5, 2)) == expected
+    assert as_dhw({"D": 2, "H": 1.5, "W": 1.25}) == expected
+    assert as_dhw({"x": 1.25, "y": 1.5, "z": 2}) == expected
+    assert as_dhw(3) == (3.0, 3.0, 3.0)
+    assert as_dhw((4, 5, 6), integer=True) == (4, 5, 6)
+
+
+@pytest.mark.parametrize("bad", [{"x": 1, "h": 2, "w": 3}, {"D": 1, "H": 2}, (1, 2), "abc", (1, 2, 3, 4)])
+def test_as_dhw_refuses_ambiguous_forms(bad):
+    from medstack import ArgumentError
+    from medstack.geometry import as_dhw
+
+    with pytest.raises(ArgumentError, match=r"\(D, H, W\)|D, H, W"):
+        as_dhw(bad)
+
+
+def test_monai_ordered_spacing_warns_and_explicit_forms_do_not():
+    import warnings
+
+    from medstack import resample
+    from medstack.geometry import DHW, XYZ, AxisOrderWarning
+    from medstack.testing import axis_code_affine, world_volume
+
+    vol = world_volume((12, 20, 20), axis_code_affine("RAS", (0.7, 0.7, 2.5), (0, 0, 0)))  # slices coarsest
+    assert isinstance(vol.spacing, DHW) and vol.spacing.d == pytest.approx(2.5)
+    with pytest.warns(AxisOrderWarning, match=r"XYZ\(1.5, 1.5, 2.0\)"):
+        wrong = resample(vol, spacing=(1.5, 1.5, 2.0))  # a MONAI pixdim copied as it is
+    assert wrong.spacing == pytest.approx((1.5, 1.5, 2.0))  # still read as (D, H, W), as documented
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for spacing in (XYZ(1.5, 1.5, 2.0), {"x": 1.5, "y": 1.5, "z": 2.0}, {"D": 2.0, "H": 1.5, "W": 1.5}):
+            assert resample(vol, spacing=spacing).spacing == pytest.approx((2.0, 1.5, 1.5))
+        resample(vol, spacing=(2.0, 1.5, 1.5))  # (D, H, W) with the slice step first: no warning
+        resample(vol, spacing=DHW(1.5, 1.5, 2.0))  # named: the user means it
+        resample(vol, spacing=vol.spacing)
+
+
+def test_prepare_takes_named_spacing(tmp_path):
+    import json
+
+    from medstack.data import prepare
+    from medstack.geometry import XYZ
+    from medstack.testing import axis_code_affine, world_volume
+
+    vol = world_volume((8, 10, 10), axis_code_affine("RAS", (1.0, 1.0, 3.0), (0, 0, 0)))
+    manifest = prepare([{"id": "a", "image": vol}], tmp_path / "store", spacing=XYZ(2.0, 2.0, 4.0))
+    entry = json.loads(manifest.read_text())["cases"][0]
+    assert entry["spacing"] == pytest.approx([4.0, 2.0, 2.0])

@@ -1,10 +1,42 @@
 """Datasets, preparation of the patch store, and DataLoader helpers for 3D training."""
 
-from medstack.data.datasets import CaseGroupedSampler, CaseStore, PatchDataset, QueueDataset, VolumeDataset
+from medstack.data.catalogs import (
+    CatalogWarning,
+    describe_dataset,
+    read_bids,
+    read_case_table,
+    read_catalog,
+    read_decathlon,
+)
+from medstack.data.datasets import (
+    BatchSlotSampler,
+    CaseGroupedSampler,
+    CaseStore,
+    PatchDataset,
+    QueueDataset,
+    VolumeDataset,
+)
 from medstack.data.loader import DevicePrefetcher, PatchLoader, make_loader
 from medstack.data.prepare import cases_from_dicom_study, prepare, read_cases, to_original_grid
 
 __all__ = [
-    "CaseGroupedSampler", "CaseStore", "DevicePrefetcher", "PatchDataset", "PatchLoader", "QueueDataset", "VolumeDataset",
-    "cases_from_dicom_study", "make_loader", "prepare", "read_cases", "to_original_grid",
+    "BatchSlotSampler",
+    "CaseGroupedSampler",
+    "CaseStore",
+    "CatalogWarning",
+    "DevicePrefetcher",
+    "PatchDataset",
+    "PatchLoader",
+    "QueueDataset",
+    "VolumeDataset",
+    "cases_from_dicom_study",
+    "describe_dataset",
+    "make_loader",
+    "prepare",
+    "read_bids",
+    "read_case_table",
+    "read_cases",
+    "read_catalog",
+    "read_decathlon",
+    "to_original_grid",
 ]  # fmt: skip

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from medstack import geometry
-from medstack.errors import FormatError, GeometryError, ReadError
+from medstack.errors import ArgumentError, FormatError, GeometryError, ReadError
 from medstack.patches.reading import read_patch
 from medstack.patches.samplers import CaseInfo, PatchSampler, size3, warn_patch_larger
 from medstack.volume import Volume
@@ -34,6 +34,7 @@ _CASE_LOCK = threading.Lock()  # CaseStore.case from several PatchLoader threads
 STREAM_ITEM = 0x6D73_0001  # an item's patch position (PatchDataset, QueueDataset)
 STREAM_CASE_ORDER = 0x6D73_0002  # CaseGroupedSampler's case permutation
 STREAM_SHUFFLE = 0x6D73_0003  # PatchLoader's index permutation
+STREAM_SLOT_ORDER = 0x6D73_0004  # BatchSlotSampler's per-slot permutations
 
 
 def stream(seed: int, epoch: int, purpose: int, index: int = 0) -> np.random.Generator:
@@ -194,6 +195,14 @@ class CaseStore:
         return state
 
 
+def _sample_start(sampler, info: CaseInfo, rng: np.random.Generator, index: int) -> np.ndarray:
+    """Item ``index``'s patch start: ``sampler.sample_item`` (the item's slot may matter, as for
+    ForegroundOversampler), or one draw of ``sample`` for a sampler without it."""
+    if hasattr(sampler, "sample_item"):
+        return np.asarray(sampler.sample_item(info, rng, index), dtype=np.int64)
+    return sampler.sample(info, rng, 1)[0]
+
+
 def _patch_item(case_id: str, image: Volume, label, start, patch_size, pad_value, transform, rng_torch):
     p = size3(patch_size)
     img = read_patch(image.data, start, p, pad_value)
@@ -259,7 +268,7 @@ class PatchDataset(_SharedEpoch):
         rng = _rng(self.seed, self.epoch, index)
         case_i = index // self.samples_per_volume
         _, _, info = self.store.case(case_i)
-        return case_i, self.sampler.sample(info, rng, 1)[0]
+        return case_i, _sample_start(self.sampler, info, rng, index)
 
     def __getitem__(self, index: int):
         from medstack.transforms.base import generator_for
@@ -314,6 +323,57 @@ class CaseGroupedSampler:
 
     def __len__(self):
         return len(self._cases()) * self.dataset.samples_per_volume
+
+
+class BatchSlotSampler:
+    """Index order for :class:`~medstack.patches.ForegroundOversampler`: a seeded shuffle per epoch in which every batch of
+    ``batch_size`` consecutive indices holds one index of each slot ``index % batch_size`` (each slot's indices
+    are permuted independently, then batch ``j`` takes the ``j``-th of each), so every full batch has exactly
+    the oversampler's ``n_forced`` forced items, at batch positions ``0 .. n_forced - 1``. With
+    ``len(dataset)`` not a multiple of ``batch_size``, the last batch holds slots ``0 .. r - 1``.
+
+    Pass it as ``sampler=`` to :class:`~medstack.data.PatchLoader` or ``torch.utils.data.DataLoader`` with the
+    same ``batch_size`` (and no ``shuffle``); call :meth:`set_epoch` each epoch (``PatchLoader.set_epoch`` does).
+    The order depends on (seed, epoch) only. Not split across ranks (give each rank its own dataset seed).
+
+    Examples
+    --------
+    >>> order = list(BatchSlotSampler(10, batch_size=4, seed=0))
+    >>> sorted(order) == list(range(10))
+    True
+    >>> [sorted(i % 4 for i in order[j:j + 4]) for j in (0, 4, 8)]
+    [[0, 1, 2, 3], [0, 1, 2, 3], [0, 1]]
+    """
+
+    def __init__(self, dataset, *, batch_size: int | None = None, seed: int = 0):
+        n = dataset if isinstance(dataset, int | np.integer) and not isinstance(dataset, bool) else None
+        over = getattr(getattr(dataset, "sampler", None), "batch_size", None)
+        if batch_size is None:
+            batch_size = over
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int | np.integer) or batch_size < 1:
+            raise ArgumentError(f"BatchSlotSampler: batch_size must be an int >= 1 (the loader's batch size), got "
+                                f"{batch_size!r}")  # fmt: skip
+        if over is not None and int(over) != int(batch_size):
+            raise ArgumentError(f"BatchSlotSampler: batch_size {batch_size} differs from the dataset sampler's "
+                                f"batch_size {over}; use the loader's batch size for both")  # fmt: skip
+        self.dataset, self.n = dataset, n
+        self.batch_size, self.seed, self.epoch = int(batch_size), int(seed), 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """A new order for ``epoch``."""
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return int(self.n) if self.n is not None else len(self.dataset)
+
+    def __iter__(self):
+        n, bs = len(self), self.batch_size
+        rng = stream(self.seed, self.epoch, STREAM_SLOT_ORDER)
+        slots = [rng.permutation(np.arange(k, n, bs)) for k in range(bs)]
+        for j in range(-(-n // bs)):
+            for perm in slots:
+                if j < len(perm):
+                    yield int(perm[j])
 
 
 def _as_volume(source):
@@ -382,7 +442,7 @@ class QueueDataset(_SharedEpoch):
             raise IndexError(index)
         c = index // self.samples_per_volume
         image, label, info = self._load(c)
-        start = self.sampler.sample(info, _rng(self.seed, self.epoch, index), 1)[0]
+        start = _sample_start(self.sampler, info, _rng(self.seed, self.epoch, index), index)
         gen = generator_for(self.seed, self.epoch, index) if self.transform is not None else None
         return _patch_item(self.cases[c]["id"], image, label, start, self.sampler.patch_size, self.pad_value,
                            self.transform, gen)  # fmt: skip

@@ -59,6 +59,11 @@ class PatchLoader:
                                 "(use make_loader for other datasets)")  # fmt: skip
         if batch_size < 1:
             raise FormatError(f"batch_size must be >= 1, got {batch_size}")
+        over = getattr(dataset.sampler, "batch_size", None)  # a ForegroundOversampler forces slots of each batch
+        if sampler is None and shuffle and over is not None:
+            from medstack.data.datasets import BatchSlotSampler
+
+            sampler = BatchSlotSampler(dataset, batch_size=int(batch_size), seed=int(seed))  # checks the batch size
         self.dataset, self.batch_size, self.shuffle, self.sampler = dataset, int(batch_size), shuffle, sampler
         self.seed, self.drop_last = int(seed), bool(drop_last)
         self.num_threads = int(num_threads) if num_threads else max(1, min(4, os.cpu_count() or 1))

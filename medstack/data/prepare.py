@@ -160,7 +160,9 @@ def _volume_id(vol, n: int) -> str:
 
 
 def read_cases(cases) -> list[dict]:
-    """Cases from a list of dicts, or a CSV / JSON manifest (columns: id, image[, image2...][, label]).
+    """Cases from a list of dicts, or a CSV / JSON manifest (columns: id, image[, image2...][, label]), or a
+    dataset description: a Medical Segmentation Decathlon / nnU-Net ``dataset.json`` (or its folder) or a BIDS
+    folder (see :mod:`medstack.data.catalogs`).
 
     A list may also hold paths (one image each, no label) or in-memory :class:`~medstack.Volume` objects, and
     a dict's ``image`` / ``label`` may be Volumes (or ``image`` a list mixing paths and Volumes). The default id
@@ -176,6 +178,10 @@ def read_cases(cases) -> list[dict]:
         path = Path(cases)
         if not path.exists():
             raise medstack.ReadError(f"{path}: no such manifest")
+        if path.is_dir():  # a Decathlon / nnU-Net folder (dataset.json) or a BIDS folder (sub-*)
+            from medstack.data.catalogs import read_catalog
+
+            return read_cases(read_catalog(path))
         src = str(path)
         try:
             if path.suffix.lower() == ".json":
@@ -183,6 +189,10 @@ def read_cases(cases) -> list[dict]:
                     data = json.loads(path.read_bytes().decode("utf-8"))
                 except ValueError as e:  # JSONDecodeError, UnicodeDecodeError
                     raise FormatError(f"{path}: case list is not valid JSON ({e})") from e
+                if isinstance(data, dict) and "cases" not in data and ("channel_names" in data or "training" in data):
+                    from medstack.data.catalogs import read_decathlon
+
+                    return read_cases(read_decathlon(path))
                 rows = data.get("cases") if isinstance(data, dict) else data
                 if not isinstance(rows, list):
                     raise FormatError(f"{path}: field 'cases' must be a list of cases (or the file a JSON list), "
@@ -310,6 +320,99 @@ def cases_from_dicom_study(folder) -> list[dict]:
     return cases
 
 
+def describe_transform(transform) -> str | None:
+    """A stable text description of a prepare transform, for the store's fingerprint and metadata.
+
+    medstack transforms and :class:`~medstack.transforms.Compose` describe themselves with every parameter (their
+    ``repr``); a plain function by its module, name and a hash of its code (a closure's captured values or globals
+    it reads are not seen: pass ``overwrite=True`` after changing those). Memory addresses are removed, so the
+    same pipeline gives the same description in every run.
+
+    >>> from medstack import transforms as T
+    >>> describe_transform(T.Clip(low=-100, high=300))
+    "Clip(keys=['image'], low=-100, high=300)"
+    """
+    import hashlib
+    import re
+
+    if transform is None:
+        return None
+    code = getattr(transform, "__code__", None)
+    if code is not None:  # a function or lambda: its identity and its code
+        digest = hashlib.sha256(code.co_code + repr(code.co_consts).encode() + repr(code.co_names).encode())
+        name = f"{getattr(transform, '__module__', '?')}.{getattr(transform, '__qualname__', '?')}"
+        return f"<function {name} code={digest.hexdigest()[:16]}>"
+    text = re.sub(r" at 0x[0-9a-fA-F]+", "", repr(transform))
+    return re.sub(r"\bCompose\(seed=-?\d+, ", "Compose(", text)  # prepare's seed= drives the draws, not Compose's
+
+
+def _source_stamp(source) -> object:
+    """What identifies a source's content cheaply: a file's size and mtime, every file of a folder, a Volume's
+    data hash."""
+    import hashlib
+
+    if isinstance(source, list | tuple):
+        return [_source_stamp(x) for x in source]
+    if _is_volume(source):
+        h = hashlib.sha256(np.ascontiguousarray(source.to_numpy()).view(np.uint8).reshape(-1).data)
+        h.update(np.asarray(source.affine, np.float64).tobytes())
+        return f"volume:{h.hexdigest()}"
+    if source is None:
+        return None
+    path = Path(source)
+    try:
+        if path.is_dir():
+            files = []
+            for root, _, names in os.walk(path):
+                for n in names:
+                    st = os.stat(os.path.join(root, n))
+                    files.append((os.path.relpath(os.path.join(root, n), path), st.st_size, st.st_mtime_ns))
+            return [str(path), sorted(files)]
+        st = path.stat()
+        return [str(path), st.st_size, st.st_mtime_ns]
+    except OSError:
+        return [str(path), None]  # unreadable now: the case itself reports it
+
+
+def case_fingerprint(case: dict, options: dict) -> str:
+    """SHA-256 of what a prepared case depends on: its sources (paths with size and mtime, or in-memory data),
+    its label, the options (spacing, sampling lists, transform description) and the medstack version."""
+    import hashlib
+
+    payload = {"image": _source_stamp(case["image"]), "label": _source_stamp(case["label"]), "options": options,
+               "medstack_version": medstack.__version__}  # fmt: skip
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _apply_transform(transform, image, label, case: dict, seed: int):
+    """Run the prepare transform on the case's sample ``{"image", "label", "id", "sources"}``; returns the new
+    image and label Volumes, checked to share one grid."""
+    import zlib
+
+    from medstack.transforms.base import Compose, generator_for
+
+    sample = {"image": image, "id": case["id"], "sources": _jsonable(case["image"])}
+    if label is not None:
+        sample["label"] = label
+    index = zlib.crc32(case["id"].encode("utf-8"))  # a case's random draws depend on its id, not on the run
+    if getattr(transform, "takes_rng", False) or isinstance(transform, Compose):
+        out = transform(sample, generator_for(seed, 0, index))
+    else:
+        out = transform(sample)
+    where = f"case {case['id']!r}: prepare transform {describe_transform(transform)}"
+    if not isinstance(out, dict) or not _is_volume(out.get("image")):
+        raise FormatError(f"{where} returned {type(out).__name__}, expected the sample dict with an 'image' Volume")
+    new_label = out.get("label")
+    if label is not None:
+        if not _is_volume(new_label):
+            raise FormatError(f"{where} dropped the 'label' Volume of the sample")
+        img = out["image"]
+        if new_label.spatial_shape != img.spatial_shape or not np.allclose(new_label.affine, img.affine, atol=1e-4):
+            raise FormatError(f"{where} left image and label on different grids ({img.spatial_shape} vs "
+                              f"{new_label.spatial_shape}); give spatial transforms keys=('image', 'label')")  # fmt: skip
+    return out["image"], new_label
+
+
 def _load_label(path, image):
     """The label of a case: a DICOM SEG / RTSTRUCT rasterised onto ``image``'s grid as one label map (values =
     SegmentNumber / ROINumber; overlapping segments are an error), or any volume file :func:`medstack.load` reads."""
@@ -325,7 +428,8 @@ def _load_label(path, image):
     return medstack.load(path)
 
 
-def _prepare_one(case: dict, out_dir: str, spacing, max_per_class: int, overwrite: bool) -> dict:
+def _prepare_one(case: dict, out_dir: str, spacing, max_per_class: int, overwrite: bool, transform=None,
+                 fingerprint: str | None = None, seed: int = 0) -> dict:  # fmt: skip
     check_case_id(case["id"], f"case {case['id']!r}")
     target = Path(out_dir) / f"{case['id']}.h5"
     if target.parent != Path(out_dir) or target.name != f"{case['id']}.h5":
@@ -339,7 +443,7 @@ def _prepare_one(case: dict, out_dir: str, spacing, max_per_class: int, overwrit
         affine, shape = target_grid(ref, spacing=spacing)
         ref = medstack.Volume(np.broadcast_to(np.zeros((), np.uint8), (1, *shape)), affine)
     image = medstack.stack(vols, reference=ref) if (len(vols) > 1 or spacing is not None) else ref
-    label = None
+    label = lab = None
     label_name = _jsonable(case["label"])
     if case["label"] is not None:
         lab = _load_label(case["label"], vols[0])
@@ -347,6 +451,12 @@ def _prepare_one(case: dict, out_dir: str, spacing, max_per_class: int, overwrit
             raise FormatError(f"{label_name}: label must have one channel, has {lab.n_channels}")
         if lab.spatial_shape != image.spatial_shape or not np.allclose(lab.affine, image.affine, atol=1e-4):
             lab = medstack.resample(lab, like=image, mode="nearest", is_label=True)
+    if transform is not None:
+        image, lab = _apply_transform(transform, image, lab, case, seed)
+        if lab is not None and lab.n_channels != 1:
+            raise FormatError(f"case {case['id']!r}: the prepare transform gave a label of {lab.n_channels} channels; "
+                              "the store keeps one label map (C = 1)")  # fmt: skip
+    if lab is not None:
         data = lab.to_numpy()
         if data.dtype.kind == "f":
             if not np.array_equal(data, np.round(data)):
@@ -356,9 +466,14 @@ def _prepare_one(case: dict, out_dir: str, spacing, max_per_class: int, overwrit
         label = data.astype(np.uint8 if data.max() < 256 else np.uint16)
     img = image.to_numpy()
     sources = _jsonable(case["image"])
-    meta = {"case_id": case["id"], "sources": sources, "label_source": label_name, "original_grid": original}
+    prepared = {"affine": np.asarray(image.affine).tolist(), "shape": list(image.spatial_shape)}
+    applied = {"spacing": None if spacing is None else list(spacing), "transform": describe_transform(transform),
+               "grids": image.metadata.get("transform_grids", [])}  # fmt: skip
+    meta = {"case_id": case["id"], "sources": sources, "label_source": label_name, "original_grid": original,
+            "prepared_grid": prepared, "applied": applied, "fingerprint": fingerprint}  # fmt: skip
     entry = {"id": case["id"], "file": target.name, "shape": list(img.shape), "spacing": list(image.spacing),
-             "dtype": str(img.dtype), "sources": sources, "label": label_name, "original_grid": original}  # fmt: skip
+             "dtype": str(img.dtype), "sources": sources, "label": label_name, "original_grid": original,
+             "prepared_grid": prepared, "applied": applied, "fingerprint": fingerprint}  # fmt: skip
     # Never replace a file medstack did not write for this case (a foreign <id>.h5 in the folder), even with
     # overwrite; our own file of this case is rewritten (overwrite, or a run killed before its manifest entry).
     # A file appearing after this check is not replaced either: publishing without overwrite fails if it exists.
@@ -408,15 +523,16 @@ def _write_case(target, replace, image, img, label, meta, entry, case, max_per_c
 
 
 def _run(args):
-    case, out_dir, spacing, max_per_class, overwrite = args
+    case, out_dir, spacing, max_per_class, overwrite, transform, fingerprint, seed = args
     try:
-        return _prepare_one(case, out_dir, spacing, max_per_class, overwrite), None
+        return _prepare_one(case, out_dir, spacing, max_per_class, overwrite, transform, fingerprint, seed), None
     except (MedstackError, OSError, ValueError) as e:
         return None, (type(e), f"{case['id']}: {type(e).__name__}: {e}".splitlines()[0])
 
 
-def prepare(cases, out_dir, *, spacing: Sequence[float] | float | None = None, workers: int | None = None,
-            max_per_class: int = 20000, overwrite: bool = False, progress: bool = False) -> Path:  # fmt: skip
+def prepare(cases, out_dir, *, spacing: Sequence[float] | float | None = None, transform=None, workers: int | None = None,
+            max_per_class: int = 20000, overwrite: bool = False, progress: bool = False, seed: int = 0,
+            dask=None) -> Path:  # fmt: skip
     """Prepare cases into ``out_dir`` (one HDF5 file per case + ``manifest.json``); returns the manifest path.
 
     Parameters
@@ -426,9 +542,28 @@ def prepare(cases, out_dir, *, spacing: Sequence[float] | float | None = None, w
         in-memory Volumes), optional ``label`` (a path or a Volume). Channels are stacked on the first image's
         grid. A bare path or Volume is one image without label (see :func:`read_cases` for default ids). Cases
         with Volumes are processed in this process.
-    spacing : optional target spacing (mm, D H W) to resample every case to (labels: nearest).
-    workers : processes (default: all cores).
-    overwrite : redo cases whose file exists (otherwise complete cases are skipped: resumable).
+    spacing : float, (D, H, W) mm, ``geometry.DHW`` / ``geometry.XYZ`` or ``{"D": .., "H": .., "W": ..}``, optional
+        Target spacing to resample every case to (labels: nearest). A plain tuple is read as ``(D, H, W)``: slice
+        step, row, column, the reverse of MONAI's ``pixdim``; use ``XYZ(x, y, z)`` to pass a MONAI / TorchIO value.
+    transform : callable, optional
+        A medstack transform / :class:`~medstack.transforms.Compose` (or any callable taking the sample dict) run
+        on each case before it is written: the sample is ``{"image": Volume, "label": Volume (when the case has
+        one, on the image's grid), "id": case id, "sources": its sources}``; the image Volume carries its source
+        metadata. Use it for everything a case needs once (orientation, resampling, cropping, intensity
+        normalisation) so training patches and inference read the same values. It must return the sample with
+        ``image`` and ``label`` on one grid. Random transforms draw from ``(seed, case id)``.
+    workers : processes (default: all cores). The transform is sent to them (it must be picklable; otherwise,
+        e.g. a lambda, the cases run in this process).
+    overwrite : redo every case (otherwise complete cases are skipped: resumable).
+    seed : seed of random prepare transforms.
+    dask : a ``distributed.Client`` or a scheduler address: run the cases on that Dask cluster instead of local
+        processes (``pip install 'medstack[distributed]'``); the workers must see the sources and ``out_dir``.
+
+    Re-running is safe and exact: each case's entry records a fingerprint of its sources (size and mtime of every
+    file, or the data of an in-memory Volume), the options (spacing, ``max_per_class``), the transform's
+    description (:func:`describe_transform`) and the medstack version. A case whose fingerprint changed is redone
+    (and logged); the others are kept. What was applied (target spacing, transform, recorded spatial grids) and the
+    source and prepared grids are kept with each case, so :func:`to_original_grid` maps predictions back.
 
     Raises
     ------
@@ -441,14 +576,23 @@ def prepare(cases, out_dir, *, spacing: Sequence[float] | float | None = None, w
     out.mkdir(parents=True, exist_ok=True)
     rows = read_cases(cases)
     manifest_path = out / MANIFEST
+    from medstack.geometry import DHW, as_dhw
+
+    sp = None if spacing is None else DHW(*as_dhw(spacing, name="spacing"))  # named: no per-case axis-order warning
+    options = {"spacing": None if sp is None else list(sp), "max_per_class": int(max_per_class),
+               "transform": describe_transform(transform), "seed": int(seed) if transform is not None else None}  # fmt: skip
+    fingerprints = {c["id"]: case_fingerprint(c, options) for c in rows}
     done = {}
     if manifest_path.exists() or manifest_path.is_symlink():  # a corrupt or foreign manifest is an error, not replaced
         for e in load_manifest(manifest_path):
             if (out / e["file"]).exists():
                 done[e["id"]] = e
-    todo = [c for c in rows if overwrite or c["id"] not in done]
-    sp = None if spacing is None else tuple(np.broadcast_to(np.asarray(spacing, float), (3,)).tolist())
-    jobs = [(c, str(out), sp, max_per_class, overwrite) for c in todo]
+    stale = [c["id"] for c in rows if c["id"] in done and done[c["id"]].get("fingerprint") != fingerprints[c["id"]]]
+    if stale and not overwrite:
+        logger.warning("prepare: %d case(s) changed since %s was written (sources, options, transform or medstack "
+                       "version): redoing %s", len(stale), out, ", ".join(stale[:10]) + (" ..." if len(stale) > 10 else ""))  # fmt: skip
+    todo = [c for c in rows if overwrite or c["id"] not in done or c["id"] in stale]
+    jobs = [(c, str(out), sp, max_per_class, overwrite, transform, fingerprints[c["id"]], seed) for c in todo]
     n_workers = max(1, os.cpu_count() or 1) if workers is None else max(1, int(workers))
     bar = None
     if progress:
@@ -468,12 +612,15 @@ def prepare(cases, out_dir, *, spacing: Sequence[float] | float | None = None, w
         if bar is not None:
             bar.update(1)
 
-    # cases with in-memory Volumes run in this process (their data is never sent to workers nor pickled)
-    local = [j for j in jobs if _has_volume(j[0])]
-    pooled = [j for j in jobs if not _has_volume(j[0])]
+    # cases with in-memory Volumes run in this process (their data is never sent to workers); so do all cases when
+    # the transform cannot be sent to a worker process (a lambda, a closure)
+    local = [j for j in jobs if _has_volume(j[0]) or not _sendable(transform)]
+    pooled = [j for j in jobs if not (_has_volume(j[0]) or not _sendable(transform))]
     for j in local:
         collect(_run(j))
-    if n_workers == 1 or len(pooled) <= 1:
+    if dask is not None and pooled:
+        _run_dask(pooled, dask, collect)
+    elif n_workers == 1 or len(pooled) <= 1:
         for j in pooled:
             collect(_run(j))
     else:
@@ -492,6 +639,34 @@ def prepare(cases, out_dir, *, spacing: Sequence[float] | float | None = None, w
     return manifest_path
 
 
+def _sendable(transform) -> bool:
+    """Whether the transform can travel to a worker process (in memory, between processes; never to disk)."""
+    import pickle
+
+    try:
+        pickle.dumps(transform)
+        return True
+    except Exception:  # lambdas, closures, local classes: PicklingError, AttributeError, TypeError
+        return False
+
+
+def _run_dask(jobs, client_or_address, collect) -> None:
+    """Run prepare jobs on a Dask cluster (a ``distributed.Client`` or a scheduler address), collecting each result
+    as it finishes (the manifest is updated after each case, as locally)."""
+    try:
+        from distributed import Client, as_completed
+    except ImportError as e:
+        raise ReadError("prepare(dask=...) needs the optional dependency: pip install 'medstack[distributed]'") from e
+    client = client_or_address if hasattr(client_or_address, "submit") else Client(client_or_address)
+    try:
+        futures = [client.submit(_run, j, pure=False) for j in jobs]
+        for fut in as_completed(futures):
+            collect(fut.result())
+    finally:
+        if client is not client_or_address:
+            client.close()
+
+
 def _has_volume(case: dict) -> bool:
     return _is_volume(case["label"]) or any(
         _is_volume(p) or (isinstance(p, list) and any(_is_volume(q) for q in p)) for p in case["image"])
@@ -504,35 +679,63 @@ def _write_manifest(path: Path, rows, done) -> None:
         tmp.write_text(json.dumps(payload, indent=2) + "\n")
 
 
-def to_original_grid(volume, case, *, mode: str = "nearest"):
-    """Map a prediction on a prepared case's grid back onto the grid of its source image (undoing the
-    resampling ``prepare(spacing=...)`` did). ``case`` is a manifest entry (dict) or a case .h5 path.
+def to_original_grid(prediction, case, *, mode: str = "nearest"):
+    """Map a prediction on a prepared case's grid back onto the grid of its source image, undoing what
+    ``prepare`` did to the grid (``spacing=`` resampling, and the spatial steps of its ``transform``: reorientation,
+    resampling, crops and pads — everything that moved voxels kept their world positions, so one resampling in
+    world space undoes them all; voxels a crop removed come back as 0).
 
-    Use ``mode="nearest"`` for label maps (default), ``"linear"`` for probabilities.
+    Parameters
+    ----------
+    prediction : Volume, or a tensor / array ``(C, D, H, W)`` on the prepared grid
+        A Volume carries its grid; an array is placed on the case's recorded ``prepared_grid``.
+    case : dict or path
+        A manifest entry (``json.load(manifest)["cases"][i]``) or a case ``.h5`` file.
+    mode : ``"nearest"`` for label maps (default), ``"linear"`` for probabilities.
+
+    Returns
+    -------
+    Volume on the source image's grid (its affine and shape).
     """
     from medstack.resample import resample
     from medstack.volume import Volume
 
     if isinstance(case, dict):
-        grid = case.get("original_grid")
+        meta = case
     else:
         from medstack.io.store import read_h5
 
-        grid = read_h5(case, name="image", lazy=True).metadata.get("original_grid")
-    if not grid:
-        raise FormatError(f"{case if not isinstance(case, dict) else 'case ' + repr(case.get('id'))}: field "
-                          "'original_grid' is missing (prepared by an older medstack?)")
+        meta = read_h5(case, name="image", lazy=True).metadata
     where = case if not isinstance(case, dict) else f"case {case.get('id')!r}"
+    grid = meta.get("original_grid")
+    if not grid:
+        raise FormatError(f"{where}: field 'original_grid' is missing (prepared by an older medstack?)")
+    affine, shape = _grid_field(grid, "original_grid", where)
+    if not isinstance(prediction, Volume):
+        if not meta.get("prepared_grid"):
+            raise FormatError(f"{where}: field 'prepared_grid' is missing (prepared by an older medstack?); pass the "
+                              "prediction as a Volume on the prepared grid")  # fmt: skip
+        p_affine, p_shape = _grid_field(meta["prepared_grid"], "prepared_grid", where)
+        if len(prediction.shape) != 4 or tuple(prediction.shape[-3:]) != p_shape:
+            from medstack.errors import GeometryError
+
+            raise GeometryError(f"{where}: prediction shape {tuple(prediction.shape)} is not (C, D, H, W) on the "
+                                f"prepared grid {p_shape}")  # fmt: skip
+        prediction = Volume(prediction, p_affine)
+    target = Volume(np.broadcast_to(np.zeros((), np.uint8), (1, *shape)), affine)
+    if prediction.spatial_shape == target.spatial_shape and np.allclose(prediction.affine, target.affine, atol=1e-4):
+        return prediction
+    return resample(prediction, like=target, mode=mode, pad_value=0.0)
+
+
+def _grid_field(grid, field: str, where) -> tuple[np.ndarray, tuple[int, int, int]]:
     if not isinstance(grid, dict) or "shape" not in grid or "affine" not in grid:
-        raise FormatError(f"{where}: field 'original_grid' must hold 'shape' and 'affine', got {grid!r:.200}")
+        raise FormatError(f"{where}: field {field!r} must hold 'shape' and 'affine', got {grid!r:.200}")
     try:
         shape = tuple(int(v) for v in grid["shape"])
         affine = np.array(grid["affine"], dtype=np.float64)
     except (TypeError, ValueError) as e:
-        raise FormatError(f"{where}: field 'original_grid' has a bad shape or affine ({e})") from e
-    if len(shape) != 3 or min(shape) < 1:
-        raise FormatError(f"{where}: field 'original_grid' shape {shape} is not 3 positive sizes")
-    target = Volume(np.broadcast_to(np.zeros((), np.uint8), (1, *shape)), affine)
-    if volume.spatial_shape == target.spatial_shape and np.allclose(volume.affine, target.affine, atol=1e-4):
-        return volume
-    return resample(volume, like=target, mode=mode, pad_value=0.0)
+        raise FormatError(f"{where}: field {field!r} has a bad shape or affine ({e})") from e
+    if len(shape) != 3 or min(shape) < 1 or affine.shape != (4, 4):
+        raise FormatError(f"{where}: field {field!r} shape {shape} is not 3 positive sizes with a 4x4 affine")
+    return affine, shape

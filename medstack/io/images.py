@@ -115,7 +115,8 @@ def load_stack(
         A folder (its image files), one multi-page TIFF, or an explicit list (used in the given order with
         ``order="given"``).
     spacing : (dz, dy, dx) mm
-        Slice step, row spacing, column spacing, in ``(D, H, W)`` order.
+        Slice step, row spacing, column spacing, in ``(D, H, W)`` order (the reverse of MONAI's ``pixdim``);
+        ``geometry.XYZ(dx, dy, dz)`` or ``{"D": dz, "H": dy, "W": dx}`` name the order.
     order : {"natural", "name", "given"}
         ``"natural"`` sorts names with numbers compared as numbers (``img2`` before ``img10``); ``"name"``
         sorts plain lexicographically; ``"given"`` keeps the list order.
@@ -136,8 +137,10 @@ def load_stack(
         raise ArgumentError(f"order must be 'natural', 'name' or 'given', got {order!r}")
     if color not in ("channels", "gray"):
         raise ArgumentError(f"color must be 'channels' or 'gray', got {color!r}")
-    sp = np.asarray(spacing, dtype=np.float64).reshape(-1)
-    if sp.shape != (3,) or np.any(sp <= 0) or not np.all(np.isfinite(sp)):
+    from medstack.geometry import as_dhw
+
+    sp = np.asarray(as_dhw(spacing, name="spacing"), dtype=np.float64)
+    if np.any(sp <= 0) or not np.all(np.isfinite(sp)):
         raise ArgumentError(f"spacing must be three positive numbers (dz, dy, dx) in mm, got {spacing!r}")
     if isinstance(files_or_folder, str | os.PathLike):
         root = Path(files_or_folder)

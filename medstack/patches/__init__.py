@@ -4,6 +4,7 @@ from medstack.patches.aggregator import Aggregator, gaussian_weights, sliding_wi
 from medstack.patches.reading import read_patch, read_patch_into
 from medstack.patches.samplers import (
     CaseInfo,
+    ForegroundOversampler,
     GridSampler,
     LabelSampler,
     PatchSampler,
@@ -14,7 +15,7 @@ from medstack.patches.samplers import (
 )
 
 __all__ = [
-    "Aggregator", "CaseInfo", "GridSampler", "LabelSampler", "PatchSampler", "UniformSampler", "WeightedSampler",
+    "Aggregator", "CaseInfo", "ForegroundOversampler", "GridSampler", "LabelSampler", "PatchSampler", "UniformSampler", "WeightedSampler",
     "class_voxel_lists", "gaussian_weights", "grid_positions", "read_patch", "read_patch_into",
     "sliding_window_inference",
 ]  # fmt: skip

@@ -157,17 +157,46 @@ class Aggregator:
 
 def sliding_window_inference(volume: Volume, predictor: Callable, patch_size, *, overlap: float = 0.25,
                              batch_size: int = 4, mode: str = "gaussian", device="cpu", pad_value: float = 0.0,
-                             n_out_channels: int | None = None) -> Volume:  # fmt: skip
+                             n_out_channels: int | None = None, dtype="float32") -> Volume:  # fmt: skip
     """Run ``predictor`` (tensor ``(B, C, pd, ph, pw)`` -> ``(B, K, pd, ph, pw)``) over a grid of patches and
-    stitch the result; returns a Volume on ``volume``'s grid (same affine)."""
+    stitch the result; returns a Volume on ``volume``'s grid (same affine).
+
+    Parameters
+    ----------
+    volume : Volume
+        The image, NumPy, torch or lazy HDF5 (each window then reads only its bytes).
+    predictor : callable
+        A model or function of a window batch; called under ``torch.no_grad()``.
+    patch_size : int or (D, H, W)
+        Window size in voxels, in (slices, rows, columns) order.
+    overlap : float
+        Fraction of the window shared by neighbours, in [0, 1).
+    mode : "gaussian" or "constant"
+        Weights of the overlapping windows when stitched.
+    device : torch device of the predictor (the windows are moved there; the sum is kept there).
+    dtype : torch dtype or its name, or None
+        Windows of an integer volume (int16 CT, uint8) are cast to it on ``device`` (default float32, what a model's
+        weights expect; the transfer is done in the stored dtype). Floating windows are left as they are; None
+        passes every window in the volume's dtype.
+
+    Examples
+    --------
+    >>> import numpy as np, torch, medstack
+    >>> ct = medstack.Volume(np.zeros((1, 20, 24, 24), np.int16), np.eye(4))
+    >>> model = torch.nn.Conv3d(1, 2, 3, padding=1)          # float32 weights, int16 input: cast per window
+    >>> sliding_window_inference(ct, model, 16, overlap=0.5).shape
+    (2, 20, 24, 24)
+    """
     import torch
 
     from medstack.patches.reading import numpy_dtype, read_patch_into
+    from medstack.resample import torch_dtype
 
     starts = grid_positions(volume.spatial_shape, patch_size, overlap)
     data = volume.data  # numpy, torch or lazy HDF5 (each window then reads only its bytes)
     p = tuple(int(v) for v in size3(patch_size))
     data, np_dtype = numpy_dtype(data)
+    cast = None if dtype is None else torch_dtype(dtype)
     agg = None
     with torch.no_grad():
         for i in range(0, len(starts), batch_size):
@@ -175,7 +204,10 @@ def sliding_window_inference(volume: Volume, predictor: Callable, patch_size, *,
             x = torch.from_numpy(np.empty((len(chunk), data.shape[0], *p), dtype=np_dtype))
             for j, s in enumerate(chunk):  # each window straight into the batch (no per-window array + stack)
                 read_patch_into(data, x[j], s, pad_value)
-            y = predictor(x.to(device))
+            x = x.to(device, non_blocking=True)
+            if cast is not None and not x.dtype.is_floating_point:
+                x = x.to(cast)
+            y = predictor(x)
             if agg is None:
                 k = n_out_channels or int(y.shape[1])
                 agg = Aggregator(volume.spatial_shape, patch_size, k, mode=mode, device=device)

@@ -109,7 +109,27 @@ class Transform:
         return out
 
     def __repr__(self):
-        return f"{type(self).__name__}(keys={list(self.keys)})"
+        """The class, its keys and every parameter (public attribute): the description ``prepare`` fingerprints,
+        so a changed parameter rebuilds a store."""
+        params = [f"{k}={param_repr(v)}" for k, v in vars(self).items()
+                  if not k.startswith("_") and k not in ("keys", "allow_missing_keys")]  # fmt: skip
+        return f"{type(self).__name__}({', '.join([f'keys={list(self.keys)}', *params])})"
+
+
+def param_repr(value) -> str:
+    """A parameter's repr without memory addresses: arrays as lists, functions by module and name."""
+    if isinstance(value, np.ndarray):
+        return repr(value.tolist())
+    if isinstance(value, np.generic):
+        return repr(value.item())
+    if callable(value) and hasattr(value, "__qualname__"):
+        return f"{getattr(value, '__module__', '?')}.{value.__qualname__}"
+    if isinstance(value, list | tuple):
+        inner = ", ".join(param_repr(v) for v in value)
+        return f"[{inner}]" if isinstance(value, list) else f"({inner}{',' if len(value) == 1 else ''})"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{k!r}: {param_repr(v)}" for k, v in value.items()) + "}"
+    return repr(value)
 
 
 class RandomTransform(Transform):
@@ -216,6 +236,10 @@ class OneOf:
             raise ArgumentError(f"OneOf: weights must be {len(self.transforms)} non-negative numbers, got {weights}")
         self.weights = w / w.sum()
 
+    def __repr__(self):
+        inner = ", ".join(map(repr, self.transforms))
+        return f"OneOf([{inner}], weights={param_repr(self.weights)})"
+
     def __call__(self, sample, rng=None):
         import torch
 
@@ -236,6 +260,10 @@ class RandomApply:
         if not 0.0 <= p <= 1.0:
             raise ArgumentError(f"RandomApply: p must be in [0, 1], got {p}")
         self.p = p
+
+    def __repr__(self):
+        inner = ", ".join(map(repr, self.transforms))
+        return f"RandomApply([{inner}], p={self.p!r})"
 
     def __call__(self, sample, rng=None):
         import torch
