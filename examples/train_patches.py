@@ -24,7 +24,7 @@ def main(argv=None) -> int:
 
     import medstack
     from medstack import transforms as T
-    from medstack.data import DevicePrefetcher, PatchDataset, PatchLoader, prepare
+    from medstack.data import DevicePrefetcher, PatchDataset, PatchLoader, prepare, to_original_grid
     from medstack.patches import LabelSampler, sliding_window_inference
     from medstack.transforms.gpu import BatchAugment
 
@@ -42,13 +42,15 @@ def main(argv=None) -> int:
     # 1. the patch store: T1 + T2 stacked on one grid, label, sampling lists (resumable: a re-run skips it)
     cases = [{"id": "mr_case", "image": [str(SAMPLES / "mr_t1.nii.gz"), str(SAMPLES / "mr_t2.nii.gz")],
               "label": str(SAMPLES / "mr_label.nii.gz")}]  # fmt: skip
-    manifest = prepare(cases, args.out / "store", workers=1)
+    # The intensity normalisation is part of the store (once per case, whole volume), so training patches and
+    # inference read the same values; a changed pipeline rebuilds the store on the next run.
+    norm = T.Compose([T.NormalizeIntensity(keys="image", nonzero=True)])
+    manifest = prepare(cases, args.out / "store", workers=1, transform=norm)
     print(f"store: {manifest}")
 
-    # 2. label-balanced patches, CPU-side z-score, GPU-side batched augmentation
-    norm = T.Compose([T.ZScore(keys="image", nonzero=True)], seed=args.seed)
+    # 2. label-balanced patches from the normalised store, GPU-side batched augmentation
     ds = PatchDataset(args.out / "store", LabelSampler(args.patch, pos=2, neg=1), samples_per_volume=64,
-                      transform=norm, seed=args.seed)  # fmt: skip
+                      seed=args.seed)  # fmt: skip
     loader = PatchLoader(ds, batch_size=args.batch, num_threads=args.threads, seed=args.seed)
     augment = BatchAugment(rotation=10, scale=(0.9, 1.1), contrast=(0.9, 1.1), noise_std=(0.0, 0.05))
     n_classes = 4
@@ -79,14 +81,15 @@ def main(argv=None) -> int:
     elapsed = time.perf_counter() - t0
     print(f"trained {it} iterations: {it * args.batch / elapsed:.1f} patches/s, data wait {wait / elapsed:.0%} of the time")
 
-    # 3. sliding-window inference on the whole (normalised) case, stitched with Gaussian weights
+    # 3. sliding-window inference on the whole prepared (normalised) case, stitched with Gaussian weights, then
+    #    mapped back onto the source image's grid
     model.eval()
-    t1 = medstack.load(SAMPLES / "mr_t1.nii.gz")
-    image = medstack.stack([t1, medstack.load(SAMPLES / "mr_t2.nii.gz")])
-    image = norm({"image": image}, index=0)["image"]
-    probs = sliding_window_inference(image, lambda x: torch.softmax(model(x.float()), 1), args.patch,
+    case_file = args.out / "store" / "mr_case.h5"
+    image = medstack.load(case_file, name="image")
+    probs = sliding_window_inference(image, lambda x: torch.softmax(model(x), 1), args.patch,
                                      overlap=0.25, batch_size=args.batch, device=args.device)  # fmt: skip
     seg = probs.replace(data=np.asarray(probs.to_numpy().argmax(0)[None], np.uint8))
+    seg = to_original_grid(seg, case_file)
     out = medstack.save(seg, args.out / "prediction.nii.gz", overwrite=True)
     truth = medstack.load(SAMPLES / "mr_label.nii.gz").to_numpy()
     dice = [2 * np.sum((seg.data == c) & (truth == c)) / max(1, np.sum(seg.data == c) + np.sum(truth == c))

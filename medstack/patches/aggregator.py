@@ -156,7 +156,7 @@ class Aggregator:
 
 
 def sliding_window_inference(volume: Volume, predictor: Callable, patch_size, *, overlap: float = 0.25,
-                             batch_size: int = 4, mode: str = "gaussian", device="cpu", pad_value: float = 0.0,
+                             batch_size: int = 4, mode: str = "gaussian", device=None, pad_value: float = 0.0,
                              n_out_channels: int | None = None, dtype="float32") -> Volume:  # fmt: skip
     """Run ``predictor`` (tensor ``(B, C, pd, ph, pw)`` -> ``(B, K, pd, ph, pw)``) over a grid of patches and
     stitch the result; returns a Volume on ``volume``'s grid (same affine).
@@ -173,7 +173,11 @@ def sliding_window_inference(volume: Volume, predictor: Callable, patch_size, *,
         Fraction of the window shared by neighbours, in [0, 1).
     mode : "gaussian" or "constant"
         Weights of the overlapping windows when stitched.
-    device : torch device of the predictor (the windows are moved there; the sum is kept there).
+    device : torch device of the predictor, optional
+        The windows are moved there and the weighted sum is kept there. Default: the volume's device when its data
+        is a CUDA tensor (the windows are then sliced on the GPU: no copy through host memory), else "cpu". A
+        volume in host memory or lazy HDF5 is streamed window batch by window batch; only the output lives on
+        ``device``.
     dtype : torch dtype or its name, or None
         Windows of an integer volume (int16 CT, uint8) are cast to it on ``device`` (default float32, what a model's
         weights expect; the transfer is done in the stored dtype). Floating windows are left as they are; None
@@ -195,13 +199,18 @@ def sliding_window_inference(volume: Volume, predictor: Callable, patch_size, *,
     starts = grid_positions(volume.spatial_shape, patch_size, overlap)
     data = volume.data  # numpy, torch or lazy HDF5 (each window then reads only its bytes)
     p = tuple(int(v) for v in size3(patch_size))
+    on_gpu = torch.is_tensor(data) and data.device.type != "cpu"
+    device = torch.device(device if device is not None else (data.device if on_gpu else "cpu"))
     data, np_dtype = numpy_dtype(data)
     cast = None if dtype is None else torch_dtype(dtype)
     agg = None
     with torch.no_grad():
         for i in range(0, len(starts), batch_size):
             chunk = starts[i : i + batch_size]
-            x = torch.from_numpy(np.empty((len(chunk), data.shape[0], *p), dtype=np_dtype))
+            if on_gpu:  # windows sliced on the volume's device
+                x = torch.empty((len(chunk), data.shape[0], *p), dtype=data.dtype, device=data.device)
+            else:
+                x = torch.from_numpy(np.empty((len(chunk), data.shape[0], *p), dtype=np_dtype))
             for j, s in enumerate(chunk):  # each window straight into the batch (no per-window array + stack)
                 read_patch_into(data, x[j], s, pad_value)
             x = x.to(device, non_blocking=True)

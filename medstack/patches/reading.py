@@ -9,7 +9,7 @@ from medstack.patches.samplers import size3
 
 
 def read_patch_into(data, out, start, pad_value=0.0):
-    """Fill ``out`` (``(C, pd, ph, pw)``, NumPy array or CPU tensor) with the box of ``data`` at voxel ``start``
+    """Fill ``out`` (``(C, pd, ph, pw)``, NumPy array or tensor, CPU or CUDA) with the box of ``data`` at voxel ``start``
     (d, h, w); voxels outside are ``pad_value``. One copy from the source (no intermediate array): lazy HDF5
     reads only the box's bytes (``H5Array.read_patch_into``); NumPy and CPU torch sources are copied with
     torch's multi-threaded strided copy. Returns ``out``."""
@@ -24,8 +24,8 @@ def read_patch_into(data, out, start, pad_value=0.0):
     lo, hi, o = inside
     src = data[(slice(None), *(slice(low, h) for low, h in zip(lo, hi)))]
     dst = out[(slice(None), *(slice(b, b + h - low) for low, h, b in zip(lo, hi, o)))]
-    if torch.is_tensor(src) and src.device.type != "cpu":
-        src = src.cpu()
+    if torch.is_tensor(src) and src.device.type != "cpu" and isinstance(dst, np.ndarray):
+        src = src.cpu()  # a device tensor into a NumPy buffer; into a tensor, copy_ moves it (device to device too)
     if isinstance(src, np.ndarray) and (src.dtype.kind not in "biuf" or not src.flags.writeable
                                         or src.dtype.byteorder not in "=|"):  # fmt: skip
         # bool, read-only (memory-mapped) or byte-swapped sources: NumPy copies them
