@@ -35,10 +35,20 @@ SimpleITK resampled onto *their* grid (untimed), and the table says "own grid". 
 affine (scipy, ``F.interpolate``) are compared voxel by voxel on the 750 x 358 x 358 field-of-view
 grid their shapes imply. For labels: the fraction of interior voxels equal to SimpleITK's.
 
+Modes (a third table, ``--modes-only`` runs just it): medstack's two strategies for axis-aligned grids,
+``method="slices"`` (the CPU default) vs ``method="volume"`` (whole-volume kernels, the CUDA default), against bare
+``F.interpolate``; anisotropic resampling (``anisotropic=True``: in-plane linear / cubic, nearest along the slice
+axis, nnU-Net's ``order_z=0``) next to MONAI ``Spacing`` (bilinear, and ``mode=3``: scipy spline order 3), which has
+no separate-axis order; labels through one-hot (``label_mode="onehot"``) next to MONAI's equivalent (one-hot
+channels, ``Spacing`` bilinear, argmax). nnU-Net's own resampling (batchgenerators / nnunetv2) is not installed
+here, so it is not timed. On a CUDA machine the same rows run on the GPU (float32 CT as in the issue, uint8
+labels), with ratios to bare ``F.interpolate`` on the GPU. Ratios: method / the group's first row.
+
 Usage::
 
     python benchmarks/bench_resample.py                              # 512x512x300, median of 5 runs
     python benchmarks/bench_resample.py --size 128 --slices 40 --repeats 3   # quick (seconds)
+    python benchmarks/bench_resample.py --modes-only --size 128 --slices 40 --repeats 3
 
 Writes ``benchmarks/results/bench_resample.json``; data is cached in ``benchmarks/_data/resample/``.
 """
@@ -323,6 +333,129 @@ def table(phase: dict, label: bool) -> str:
     return C.format_table(heads, rows, aligns)
 
 
+# -- modes: slices vs volume, anisotropic, one-hot ---------------------------------------------------------------
+def _sync(device: str) -> None:
+    import torch
+
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def _time(fn, repeats: int, device: str):
+    """Warm-up call (its result returned), then ``repeats`` timed calls; median seconds."""
+    _sync(device)
+    res = fn()
+    ts = []
+    for _ in range(repeats):
+        _sync(device)
+        t0 = time.perf_counter()
+        fn()
+        _sync(device)
+        ts.append(time.perf_counter() - t0)
+    return C.median(ts), res
+
+
+def _arr(r):
+    import torch
+
+    data = r.data if hasattr(r, "affine") and not isinstance(r, torch.Tensor) else r
+    if isinstance(data, torch.Tensor):
+        data = data.detach().cpu()
+        if data.ndim == 5:
+            data = data[0]
+        return data.numpy() if not hasattr(data, "as_tensor") else data.as_tensor().numpy()
+    return np.asarray(data)
+
+
+def _monai_onehot(values, pixdim):
+    """MONAI's nearest equivalent of one-hot label resampling: one-hot channels, Spacing bilinear, argmax."""
+    import monai.transforms as mt
+    import torch
+
+    sp = mt.Spacing(pixdim=pixdim, mode="bilinear", dtype=torch.float32)
+
+    def run(mono):
+        hot = torch.cat([(mono == v) for v in values]).float()  # keeps the MetaTensor's affine
+        out = sp(hot)
+        idx = out.as_tensor().argmax(0, keepdim=True)
+        return torch.as_tensor(values, device=idx.device)[idx]
+
+    return run
+
+
+def run_modes(vol, lab, repeats: int, device: str) -> list[list]:
+    """Rows (group, method, median s, ratio to the group's first row, check vs the first medstack row)."""
+    import monai.transforms as mt
+    import torch
+    import torch.nn.functional as F
+
+    import medstack
+
+    t = lambda v, dt=None: v.replace(data=v.to_tensor(device=device, dtype=dt))  # noqa: E731
+    img = t(vol, torch.float32) if device == "cuda" else vol  # the issue's GPU numbers are float32 in
+    seg = t(lab) if device == "cuda" else lab
+    factors = tuple(float(s) / TARGET for s in vol.spacing)
+    values = sorted(int(v) for v in np.unique(np.asarray(lab.data)))
+    x_img = img.to_tensor(device=device)[None].float()
+    x_seg = seg.to_tensor(device=device)[None]
+    mono_img, mono_seg = vol.to_monai(), lab.to_monai()
+    if device == "cuda":
+        mono_img, mono_seg = mono_img.float().cuda(), mono_seg.cuda()
+    rs = medstack.resample
+    groups = {
+        "linear": [("medstack slices", lambda: rs(img, spacing=TARGET, method="slices")),
+                   ("medstack volume", lambda: rs(img, spacing=TARGET, method="volume")),
+                   ("bare F.interpolate trilinear", lambda: F.interpolate(
+                       x_img, scale_factor=factors, mode="trilinear", align_corners=False))],
+        "nearest (labels)": [
+            ("medstack slices", lambda: rs(seg, spacing=TARGET, mode="nearest", is_label=True, method="slices")),
+            ("medstack volume", lambda: rs(seg, spacing=TARGET, mode="nearest", is_label=True, method="volume")),
+            ("bare F.interpolate nearest", lambda: F.interpolate(x_seg, scale_factor=factors, mode="nearest"))],
+        "anisotropic": [
+            ("medstack linear+nearest z", lambda: rs(img, spacing=TARGET, anisotropic=True)),
+            ("medstack cubic+nearest z", lambda: rs(img, spacing=TARGET, mode="cubic", anisotropic=True)),
+            ("medstack cubic (isotropic)", lambda: rs(img, spacing=TARGET, mode="cubic")),
+            ("MONAI Spacing bilinear", lambda: mt.Spacing(pixdim=(TARGET,) * 3, mode="bilinear",
+                                                           dtype=torch.float32)(mono_img)),
+            ("MONAI Spacing mode=3 (scipy)", lambda: mt.Spacing(pixdim=(TARGET,) * 3, mode=3,
+                                                                 dtype=torch.float32)(mono_img))],
+        "labels one-hot": [
+            ("medstack onehot slices", lambda: rs(seg, spacing=TARGET, label_mode="onehot", method="slices")),
+            ("medstack onehot volume", lambda: rs(seg, spacing=TARGET, label_mode="onehot", method="volume")),
+            ("medstack onehot aniso", lambda: rs(seg, spacing=TARGET, label_mode="onehot", anisotropic=True)),
+            ("MONAI one-hot+Spacing+argmax", lambda: _monai_onehot(values, (TARGET,) * 3)(mono_seg))],
+    }  # fmt: skip
+    if device == "cuda":  # Spacing mode=3 goes through scipy on the host: not a GPU row
+        groups["anisotropic"] = [g for g in groups["anisotropic"] if "scipy" not in g[0]]
+    rows = []
+    for group, methods in groups.items():
+        base = ref = None
+        for name, fn in methods:
+            try:
+                med, res = _time(fn, repeats, device)
+            except Exception as e:  # a library that cannot run here: say so, keep going
+                rows.append([group, name, "failed", "", f"{type(e).__name__}: {str(e)[:50]}"])
+                continue
+            arr = _arr(res)
+            del res
+            if base is None:
+                base, ref = med, arr
+            if "MONAI" in name or arr.shape != ref.shape:  # MONAI / bare: own grids (shape), no voxel check
+                check = "x".join(map(str, arr.shape[-3:]))
+            elif "label" in group or "nearest" in group:
+                check = f"equal {np.mean(arr == ref):.4f}"
+            else:
+                check = f"max|d| {np.abs(arr.astype(np.float64) - ref).max():.3g}"
+            rows.append([group, name, C.fmt_s(med), f"{med / base:.2f}", check])
+            print(f"  {device} {group}: {name} {med:.4f} s", flush=True)
+    return rows
+
+
+def modes_table(rows) -> str:
+    return C.format_table(["group", "method", "median s", "ratio", "check vs first row"], rows,
+                          ["<", "<", ">", ">", "<"])  # fmt: skip
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--size", type=int, default=512, help="in-plane size H = W (default 512)")
@@ -338,6 +471,8 @@ def main(argv=None) -> int:
         help="quiet machine also means at least this CPU idle fraction over 1 s (default 0.85)",
     )
     ap.add_argument("--json", default="bench_resample.json")
+    ap.add_argument("--modes-only", action="store_true",
+                    help="only the slices/volume, anisotropic and one-hot table (no SimpleITK comparison)")  # fmt: skip
     args = ap.parse_args(argv)
     C.quiet()
 
@@ -364,6 +499,17 @@ def main(argv=None) -> int:
         monai_f64 = False
 
     payload = {"env": env, "args": vars(args), "threads": threads, "mem_available_gb": mem}
+    devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    modes = {}
+    for device in devices:
+        print(f"\n== modes on {device} ==", flush=True)
+        modes[device] = run_modes(vol, lab, args.repeats, device)
+    payload["modes"] = modes
+    if args.modes_only:
+        _print_modes(modes, vol, args.repeats)
+        path = C.write_json(args.json, payload)
+        print(f"results: {path}")
+        return 0
     linear = run_phase("CT, linear", vol, label=False, repeats=args.repeats, monai_f64=monai_f64,
                        max_wait=args.max_wait, min_idle=args.min_idle)  # fmt: skip
     nearest = run_phase("labels, nearest", lab, label=True, repeats=args.repeats, monai_f64=False,
@@ -400,6 +546,8 @@ def main(argv=None) -> int:
                        f"{gpu['device']}: medstack linear {C.fmt_s(gpu['linear']['median_s'])} s, "
                        f"nearest {C.fmt_s(gpu['nearest']['median_s'])} s"))  # fmt: skip
 
+    _print_modes(modes, vol, args.repeats)
+
     ms = linear["methods"]["medstack"]
     others = {n: r["median_s"] for n, r in linear["methods"].items() if n != "medstack" and "median_s" in r}
     fastest = min(others, key=others.get)
@@ -417,6 +565,13 @@ def main(argv=None) -> int:
     path = C.write_json(args.json, payload)
     print(f"results: {path}")
     return 0
+
+
+def _print_modes(modes: dict, vol, repeats: int) -> None:
+    for device, rows in modes.items():
+        print(f"\nModes on {device}: {vol.spatial_shape} (D, H, W), spacing {tuple(round(s, 2) for s in vol.spacing)} "
+              f"-> {TARGET:g} mm; median of {repeats}; ratio = method / the group's first row")  # fmt: skip
+        print(modes_table(rows))
 
 
 if __name__ == "__main__":

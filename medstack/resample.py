@@ -8,6 +8,15 @@ Each output voxel centre is mapped to input voxel coordinates through both affin
   linear/nearest/cubic, and several times faster than a 3D ``grid_sample``;
 - other pairs use ``torch.nn.functional.grid_sample`` (linear or nearest), chunked along D.
 
+Two execution strategies for axis-aligned pairs (``method=``): ``"slices"`` works slice by slice so the working
+set stays in the CPU caches (the CPU default); ``"volume"`` runs a few kernels over the whole tensor (one
+trilinear kernel, one index gather for nearest: the CUDA default, where thousands of per-slice launches cost
+more than the arithmetic). Both give the same values (nearest and labels: exactly).
+
+nnU-Net-style options: ``anisotropic=`` interpolates in-plane with ``mode`` and along a much coarser axis with
+``out_of_plane_mode`` (nearest by default: nnU-Net's ``order_z=0``); ``label_mode="onehot"`` resamples each label
+value's mask with linear (or cubic) interpolation and takes the argmax.
+
 Conventions: outside the input's field of view (beyond half a voxel past the outer voxel centres) the
 output is ``pad_value``; within that half voxel the edge value extends (no blending with padding).
 """
@@ -45,7 +54,9 @@ def looks_like_label(volume: Volume) -> bool:
         if isinstance(data, torch.Tensor):
             if data.is_floating_point() or data.is_complex():
                 return False
-            data = data.detach().cpu().numpy()
+            if data.device.type != "cpu":  # count on the device: no copy of the volume to host memory
+                return _tensor_looks_like_label(data.detach())
+            data = data.detach().numpy()
     except ImportError:  # pragma: no cover
         pass
     kind = np.dtype(getattr(data, "dtype", np.float64)).kind  # NumPy or lazy (HDF5) arrays: dtype known, no read
@@ -62,23 +73,38 @@ def looks_like_label(volume: Volume) -> bool:
     return step == 1 or np.unique(flat).size <= LABEL_MAX_VALUES
 
 
+def _tensor_looks_like_label(data) -> bool:
+    import torch
+
+    if data.dtype == torch.bool:
+        return True
+    flat = data.reshape(-1)
+    step = max(1, flat.numel() // _LABEL_SAMPLE)
+    if torch.unique(flat[::step]).numel() > LABEL_MAX_VALUES:
+        return False
+    return step == 1 or torch.unique(flat).numel() <= LABEL_MAX_VALUES
+
+
 def target_grid(volume: Volume, *, spacing=None, shape=None) -> tuple[np.ndarray, tuple[int, int, int]]:
     """Affine and ``(D, H, W)`` of a grid covering ``volume``'s field of view with a new spacing or shape.
 
     The field of view (outer voxel edges) is kept: the first voxel's centre moves by half the change of
-    voxel size, as in SimpleITK / TorchIO ``Resample``. ``spacing`` and ``shape`` are in ``(D, H, W)`` order.
+    voxel size, as in SimpleITK / TorchIO ``Resample``. ``spacing`` and ``shape`` are in ``(D, H, W)`` order
+    (slices, rows, columns: the reverse of MONAI's ``pixdim``); :class:`medstack.geometry.XYZ` /
+    :class:`~medstack.geometry.DHW` or a dict ``{"D": .., "H": .., "W": ..}`` make the order explicit, and a plain
+    tuple that looks MONAI-ordered warns (:func:`medstack.geometry.as_dhw`).
     """
     old_sp = np.array(volume.spacing, dtype=np.float64)  # (D, H, W)
     old_shape = np.array(volume.spatial_shape, dtype=np.float64)
     if (spacing is None) == (shape is None):
         raise ArgumentError("pass exactly one of spacing=, shape= or like=")
     if spacing is not None:
-        new_sp = _triple(spacing, "spacing")
+        new_sp = np.array(geometry.as_dhw(spacing, name="spacing", volume_spacing=old_sp))
         if np.any(new_sp <= 0) or not np.all(np.isfinite(new_sp)):
             raise GeometryError(f"spacing must be positive, finite mm in (D, H, W) order, got {tuple(new_sp)}")
         new_shape = np.maximum(1, np.round(old_shape * old_sp / new_sp)).astype(int)
     else:
-        new_shape = _triple(shape, "shape")
+        new_shape = np.array(geometry.as_dhw(shape, name="shape"))
         if np.any(new_shape < 1) or np.any(new_shape != np.round(new_shape)):
             raise GeometryError(f"shape must be positive integers in (D, H, W) order, got {tuple(shape)}")
         new_shape = new_shape.astype(int)
@@ -89,15 +115,6 @@ def target_grid(volume: Volume, *, spacing=None, shape=None) -> tuple[np.ndarray
     affine[:3, :3] = direction * sp_ijk
     affine[:3, 3] = geometry.origin(volume.affine) + direction @ ((sp_ijk - old_sp[::-1]) / 2.0)
     return affine, tuple(int(s) for s in new_shape)
-
-
-def _triple(v, name) -> np.ndarray:
-    arr = np.atleast_1d(np.asarray(v, dtype=np.float64))
-    if arr.size == 1:
-        arr = np.repeat(arr, 3)
-    if arr.shape != (3,):
-        raise GeometryError(f"{name} must be one number or three (D, H, W), got {v!r}")
-    return arr
 
 
 def _overlap_fraction(m: np.ndarray, in_shape_ijk, out_shape_ijk) -> float:
@@ -120,6 +137,11 @@ def resample(
     antialias: bool = False,
     is_label: bool | None = None,
     dtype=None,
+    label_mode: str | None = None,
+    anisotropic: bool | str = False,
+    anisotropy_threshold: float = 3.0,
+    out_of_plane_mode: str = "nearest",
+    method: str = "auto",
 ) -> Volume:
     """Resample ``volume`` in world space onto a new grid.
 
@@ -128,7 +150,10 @@ def resample(
     volume : Volume
         Input ``(C, D, H, W)``; NumPy or torch (computed on the tensor's device, CPU or CUDA).
     spacing : float or (D, H, W) mm, optional
-        Target voxel size, keeping the field of view.
+        Target voxel size, keeping the field of view. A plain tuple is ``(D, H, W)`` (slices, rows, columns), the
+        reverse of MONAI's ``pixdim``; ``geometry.XYZ(x, y, z)`` takes MONAI / TorchIO order,
+        ``geometry.DHW(d, h, w)`` or ``{"D": 2, "H": 0.7, "W": 0.7}`` name it; a plain tuple with its largest value
+        last on a volume whose slices are coarsest warns (:class:`~medstack.geometry.AxisOrderWarning`).
     shape : (D, H, W), optional
         Target grid size, keeping the field of view.
     like : Volume, optional
@@ -138,7 +163,7 @@ def resample(
         else ``"linear"``. An explicit mode is always respected (``mode="linear"`` forces interpolation).
         ``"nearest"`` keeps the input dtype and never invents values: use it for label maps (a float
         label map with non-integer values is refused). ``"cubic"`` (Keys cubic convolution, a = -0.5) needs
-        axis-aligned grids.
+        axis-aligned grids. With ``label_mode="onehot"``: the interpolation of each label's mask (default linear).
     pad_value : float, optional
         Output value outside the input's field of view. Default: the input's minimum (air / background).
     antialias : bool
@@ -151,7 +176,30 @@ def resample(
         boolean or integer volume with at most 64 distinct values (:func:`looks_like_label`) is a label map.
     dtype : optional
         Output dtype. Default: float32 for linear/cubic (float64 input stays float64), the input's dtype for
-        nearest.
+        nearest and label maps.
+    label_mode : {"nearest", "onehot"}, optional
+        Marks the volume as a label map (integer values) and says how to resample it. ``"nearest"``: as
+        ``is_label=True``. ``"onehot"`` (nnU-Net's way for segmentations): the mask of each label value present
+        is interpolated as a float with ``mode`` (``"linear"`` by default, or ``"cubic"``) and every output voxel
+        takes the label of the largest interpolated mask (ties go to the smaller label value; nnU-Net assigns
+        ``mask >= 0.5`` label by label, which agrees wherever no tie or no "nobody above 0.5" occurs). Smoother
+        boundaries than nearest when upsampling; only values present in the input (or ``pad_value``) come out;
+        the dtype is kept. Costs one resampling per label value.
+    anisotropic : bool or "auto"
+        Separate-axis resampling (nnU-Net's ``do_separate_z``): the coarse axis is interpolated with
+        ``out_of_plane_mode`` and the other two with ``mode``. ``"auto"``: only when the coarsest / finest
+        spacing of the input (else of the target) is above ``anisotropy_threshold`` and that coarsest axis is
+        unique (nnU-Net's rule); ``True``: always, along the input's unique coarsest axis (else the target's);
+        ``False`` (default): every axis with ``mode``. Needs axis-aligned grids (raises GeometryError otherwise).
+    anisotropy_threshold : float
+        Spacing ratio for ``anisotropic="auto"`` (nnU-Net: 3).
+    out_of_plane_mode : {"nearest", "linear", "cubic"}
+        Interpolation along the coarse axis when the resampling is anisotropic (nnU-Net: ``order_z=0``).
+    method : {"auto", "slices", "volume"}
+        How axis-aligned pairs are computed (same values either way): ``"slices"`` slice by slice (cache-friendly
+        on CPU); ``"volume"`` a few whole-volume kernels (a trilinear ``upsample`` kernel, a single index gather
+        for nearest that keeps the dtype, three 1D passes otherwise). ``"auto"``: ``"volume"`` for CUDA tensors,
+        ``"slices"`` on CPU. Oblique pairs always use ``grid_sample``.
 
     Returns
     -------
@@ -163,6 +211,15 @@ def resample(
     GeometryError
         Bad spacing/shape, or grids that do not overlap at all (a warning gives the fraction when they
         partly overlap less than half).
+
+    Examples
+    --------
+    >>> import numpy as np, medstack
+    >>> from medstack.geometry import DHW
+    >>> seg = medstack.Volume(np.zeros((1, 8, 16, 16), np.uint8), np.diag([0.7, 0.7, 4.0, 1.0]))
+    >>> out = resample(seg, spacing=DHW(2.0, 1.0, 1.0), label_mode="onehot", anisotropic="auto")
+    >>> out.spatial_shape, out.dtype
+    ((16, 11, 11), dtype('uint8'))
     """
     import warnings
 
@@ -170,7 +227,19 @@ def resample(
         raise ArgumentError(f"volume must be a medstack.Volume, got {type(volume).__name__}")
     if mode is not None and mode not in MODES:
         raise ArgumentError(f"mode must be one of {MODES}, got {mode!r}")
-    if is_label:  # an explicit label map needs mode="nearest" (an omitted or other mode is refused, naming it)
+    _check_options(label_mode, anisotropic, anisotropy_threshold, out_of_plane_mode, method)
+    onehot = label_mode == "onehot"
+    if label_mode is not None:
+        if is_label is False:
+            raise ArgumentError(f"label_mode={label_mode!r} resamples a label map, but is_label=False was passed; "
+                                "drop one of them")  # fmt: skip
+        if onehot:
+            mode = mode or "linear"
+            _check_label_values(volume, "volume")
+        else:
+            mode = mode or "nearest"
+            check_label(volume, mode, what="volume")
+    elif is_label:  # an explicit label map needs mode="nearest" (an omitted or other mode is refused, naming it)
         check_label(volume, mode, what="volume")
     elif mode is None and is_label is None and looks_like_label(volume):
         mode = "nearest"
@@ -205,24 +274,39 @@ def resample(
                             "check the affines (LPS vs RAS?) or the like= volume")  # fmt: skip
     if frac < 0.5:
         warnings.warn(f"only {frac:.0%} of the target grid overlaps the volume; the rest is pad_value", stacklevel=2)
-    work = _work_dtype(src, mode)
+    diagonal = _is_diagonal(m)
+    modes = (mode,) * 3
+    axis = _coarse_axis(anisotropic, anisotropy_threshold, vol.spacing, _dhw_spacing(out_affine))
+    if axis is not None and out_of_plane_mode != mode:
+        if not diagonal:
+            raise GeometryError("anisotropic resampling needs axis-aligned grids (same axes up to flips/permutations)"
+                                "; the target grid is oblique to the volume: pass anisotropic=False")  # fmt: skip
+        modes = tuple(out_of_plane_mode if a == axis else mode for a in range(3))
+        logger.debug("resample: anisotropic, array axis %d with %s, the others with %s", axis, out_of_plane_mode, mode)
+    if not diagonal and mode == "cubic":
+        raise GeometryError("mode='cubic' needs axis-aligned grids (same axes up to flips/permutations); "
+                            "use 'linear' for oblique resampling")  # fmt: skip
+    if method == "auto":
+        method = "volume" if src.device.type == "cuda" else "slices"
     if pad_value is None:  # the input's minimum, computed only if some output voxel is outside
         pad_value = _LazyMin(src)
-    diagonal = _is_diagonal(m)
-    x = src
-    if antialias:
-        x = _antialias(x.to(work), m, diagonal)
-    if diagonal:
+
+    def run(x, pad):
+        if antialias:
+            x = _antialias(x.to(_work_dtype(x, modes[0])), m, diagonal)
+        work = _work_dtype(x, "nearest" if set(modes) == {"nearest"} else "linear")
+        if not diagonal:
+            return _grid_sample(x.to(work), m, out_shape, mode, pad)
         # the separable passes read the stored dtype and convert only what they select
-        out = _separable(x, m, out_shape, mode, pad_value, work)
+        return _separable(x, m, out_shape, modes, pad, work, method)
+
+    if onehot and set(modes) != {"nearest"}:
+        out = _onehot(src, run, pad_value)
     else:
-        if mode == "cubic":
-            raise GeometryError("mode='cubic' needs axis-aligned grids (same axes up to flips/permutations); "
-                                "use 'linear' for oblique resampling")  # fmt: skip
-        out = _grid_sample(x.to(work), m, out_shape, mode, pad_value)
+        out = run(src, pad_value)
     if dtype is not None:
         out = out.to(torch_dtype(dtype))
-    elif mode == "nearest" and out.dtype != in_dtype:
+    elif (mode == "nearest" or onehot) and out.dtype != in_dtype:
         out = out.round().to(in_dtype) if not in_dtype.is_floating_point else out.to(in_dtype)
     data = out.cpu().numpy() if is_numpy else out
     return Volume(data, out_affine, dict(vol.metadata))
@@ -231,12 +315,92 @@ def resample(
 def check_label(volume: Volume, mode: str, *, what: str = "label") -> None:
     """A label map must be resampled with nearest and hold integer values."""
     if mode != "nearest":
-        raise ArgumentError(f"{what} is a label map: resample it with mode='nearest' (got mode={mode!r}); linear "
-                            "interpolation would invent label values")  # fmt: skip
-    data = volume.to_numpy()
-    if data.dtype.kind == "f" and not np.array_equal(data, np.round(data)):
-        raise ArgumentError(f"{what} is marked as a label map but holds non-integer values (dtype {data.dtype}); "
+        raise ArgumentError(f"{what} is a label map: resample it with mode='nearest' (got mode={mode!r}) or "
+                            "label_mode='onehot'; linear interpolation would invent label values")  # fmt: skip
+    _check_label_values(volume, what)
+
+
+def _check_label_values(volume: Volume, what: str) -> None:
+    """Integer values only; checked on the data's device (no host copy of a CUDA tensor), and only for floats."""
+    data = volume.data
+    if hasattr(data, "is_floating_point"):  # torch
+        import torch
+
+        bad = data.is_floating_point() and not bool(torch.equal(data, torch.round(data)))
+        kind = str(data.dtype).removeprefix("torch.")
+    else:
+        if np.dtype(data.dtype).kind != "f":
+            return
+        arr = volume.to_numpy()
+        bad, kind = not np.array_equal(arr, np.round(arr)), str(arr.dtype)
+    if bad:
+        raise ArgumentError(f"{what} is marked as a label map but holds non-integer values (dtype {kind}); "
                             "pass an integer label map or is_label=False")  # fmt: skip
+
+
+_LABEL_MODES = (None, "nearest", "onehot")
+_METHODS = ("auto", "slices", "volume")
+
+
+def _check_options(label_mode, anisotropic, threshold, out_of_plane_mode, method) -> None:
+    if label_mode not in _LABEL_MODES:
+        raise ArgumentError(f"label_mode must be one of {_LABEL_MODES}, got {label_mode!r}")
+    if anisotropic not in (True, False, "auto") or not isinstance(anisotropic, bool | str):
+        raise ArgumentError(f"anisotropic must be True, False or 'auto', got {anisotropic!r}")
+    if not (isinstance(threshold, int | float) and np.isfinite(threshold) and threshold >= 1):
+        raise ArgumentError(f"anisotropy_threshold must be a spacing ratio >= 1 (nnU-Net: 3), got {threshold!r}")
+    if out_of_plane_mode not in MODES:
+        raise ArgumentError(f"out_of_plane_mode must be one of {MODES}, got {out_of_plane_mode!r}")
+    if method not in _METHODS:
+        raise ArgumentError(f"method must be one of {_METHODS}, got {method!r}")
+
+
+def _dhw_spacing(affine: np.ndarray) -> tuple[float, float, float]:
+    return tuple(float(v) for v in np.linalg.norm(np.asarray(affine)[:3, :3], axis=0)[::-1])
+
+
+def _unique_coarsest(spacing) -> int | None:
+    sp = np.asarray(spacing, dtype=np.float64)
+    coarse = np.flatnonzero(sp >= sp.max() * (1 - 1e-6))
+    return int(coarse[0]) if coarse.size == 1 else None
+
+
+def _coarse_axis(anisotropic, threshold: float, in_spacing, out_spacing) -> int | None:
+    """The array axis (0 = D) resampled separately, or None (nnU-Net's ``get_do_separate_z`` / lowres axis:
+    the input spacing decides first, then the target's; a coarsest axis shared by two axes means none)."""
+    if anisotropic is False:
+        return None
+    for sp in (in_spacing, out_spacing):
+        if anisotropic is True or max(sp) / min(sp) > threshold:
+            axis = _unique_coarsest(sp)
+            if axis is not None or anisotropic == "auto":
+                return axis
+    if anisotropic == "auto":
+        return None
+    raise ArgumentError(f"anisotropic=True: no unique coarsest axis in the input spacing {tuple(in_spacing)} or "
+                        f"the target spacing {tuple(out_spacing)} (D, H, W); pass anisotropic='auto' or False")  # fmt: skip
+
+
+def _onehot(x, run, pad_value):
+    """Label map resampled through one-hot masks: each value's mask interpolated (``run``, padded with 0), the
+    output voxel takes the value whose mask is largest (ties: the smaller value). Outside the field of view every
+    mask is 0 (inside they sum to 1), which marks the voxels that get ``pad_value``."""
+    import torch
+
+    values = torch.unique(x).tolist()  # a few numbers to the host, not the volume
+    best = arg = None
+    for v in values:
+        p = run(x == v, 0.0)
+        if best is None:
+            best, arg = p, torch.full(p.shape, v, dtype=x.dtype, device=x.device)
+        else:
+            won = p > best
+            best = torch.maximum(best, p)
+            arg.masked_fill_(won, v)
+    outside = best <= 0
+    if bool(outside.any()):
+        arg.masked_fill_(outside, float(pad_value) if x.is_floating_point() else round(float(pad_value)))
+    return arg
 
 
 class _LazyMin:
@@ -272,26 +436,84 @@ def _axis_positions(scale: float, offset: float, n_out: int, device):
     return torch.arange(n_out, device=device, dtype=torch.float64) * scale + offset
 
 
-def _separable(x, m: np.ndarray, out_shape, mode: str, pad_value: float, work):
-    """Exact interpolation on axis-aligned grids: slice-by-slice paths for linear (field-of-view-keeping
-    grids) and nearest (any), otherwise three 1D passes (W, H, D = i, j, k), cheapest order first.
+def _separable(x, m: np.ndarray, out_shape, modes, pad_value: float, work, method: str = "slices"):
+    """Exact interpolation on axis-aligned grids, ``modes`` per array axis (D, H, W).
+
+    ``method="slices"``: slice-by-slice paths for linear (field-of-view-keeping grids) and nearest (any);
+    ``"volume"``: one trilinear kernel (field-of-view-keeping grids) or one index gather (nearest) over the whole
+    tensor. Otherwise (cubic, mixed modes, other grids) three whole-volume 1D passes, cheapest order first.
     """
+    import torch
+
     n_in = x.shape[1:]  # (D, H, W)
-    if mode == "linear":
-        fast = _interpolate_fast(x, m, out_shape, work)
-        if fast is not None:
-            return _pad_outside(fast, m, out_shape, n_in, pad_value)
+    mode = modes[0] if len(set(modes)) == 1 else None
+    out = None
     if mode == "nearest":
-        return _pad_outside(_nearest_slices(x, m, out_shape), m, out_shape, n_in, pad_value)
-    order = sorted(range(3), key=lambda a: out_shape[a] / n_in[a])  # shrinking axes first
+        if method == "volume":  # one gather with broadcast 1D index vectors; the dtype is kept (uint8 stays uint8)
+            idx = [torch.from_numpy(_nearest_index(m, a, out_shape[a], n_in[a])).to(x.device) for a in range(3)]
+            out = x[:, idx[0][:, None, None], idx[1][:, None], idx[2]]
+        else:
+            out = _nearest_slices(x, m, out_shape)
+    elif mode == "linear":
+        out = (_trilinear_volume if method == "volume" else _interpolate_fast)(x, m, out_shape, work)
+    if out is None:
+        out = _passes(x, m, out_shape, modes, work)
+    return _pad_outside(out, m, out_shape, n_in, pad_value)
+
+
+def _passes(x, m: np.ndarray, out_shape, modes, work):
+    """Three whole-volume 1D passes (one per axis, its own mode), shrinking axes first."""
+    import torch
+
+    n_in = x.shape[1:]
+    order = sorted(range(3), key=lambda a: out_shape[a] / n_in[a])
     out = x
     for a in order:  # array axis a (0 = D)
         ijk = 2 - a
         pos = _axis_positions(m[ijk, ijk], m[ijk, 3], out_shape[a], x.device)
-        out = _interp_axis(out, a + 1, pos, mode, n_in[a], work)
-    if out.dtype != work:
-        out = out.to(work)
-    return _pad_outside(out, m, out_shape, n_in, pad_value)
+        if modes[a] == "nearest":
+            idx = torch.from_numpy(_nearest_index(m, a, out_shape[a], n_in[a])).to(x.device)
+            out = out.index_select(a + 1, idx)
+        else:
+            out = _interp_axis(out, a + 1, pos, modes[a], n_in[a], work)
+    return out.to(work) if out.dtype != work else out
+
+
+def _nearest_index(m: np.ndarray, a: int, n_out: int, n_in: int) -> np.ndarray:
+    """Source index along array axis ``a`` of each output position: ``floor(pos + 0.5)`` clamped to the input;
+    ties (exactly half-way, common with spacing ratios like 2.5) go up, as in ITK: + 1e-6 beats rounding error."""
+    ijk = 2 - a
+    pos = np.arange(n_out) * m[ijk, ijk] + m[ijk, 3]
+    return np.clip(np.floor(pos + 0.5 + 1e-6), 0, n_in - 1).astype(np.int64)
+
+
+def _fov_scales(m: np.ndarray, out_shape, n_in):
+    """Per array axis scale ``s`` when each axis maps as ``src = s * dst + (s - 1) / 2`` (the field-of-view-keeping
+    grids of ``spacing=`` / ``shape=``), else None."""
+    scales = [m[2 - a, 2 - a] for a in range(3)]
+    offsets = [m[2 - a, 3] for a in range(3)]
+    if any(sc <= 0 or abs(off - (sc - 1) / 2) > 1e-6 for sc, off in zip(scales, offsets)):
+        return None
+    return scales
+
+
+def _trilinear_volume(x, m: np.ndarray, out_shape, work):
+    """Whole-volume linear resampling on field-of-view-keeping grids: one ``upsample_trilinear3d`` kernel with
+    the exact output size and scales (PyTorch's ``align_corners=False`` mapping ``src = s * dst + (s - 1) / 2``,
+    clamped at the edges like the separable passes). Memory: the input in the work dtype (a copy only when it is
+    not already) and the output. Returns None when the grids do not have that form, or when an output position
+    lies past the last input voxel centre by more than half a voxel (the CUDA kernel does not clamp there)."""
+    import torch
+
+    scales = _fov_scales(m, out_shape, x.shape[1:])
+    if scales is None:
+        return None
+    for sc, n_out, n in zip(scales, out_shape, x.shape[1:]):
+        if sc * (n_out - 1) + (sc - 1) / 2 > n - 0.5 + 1e-6:
+            return None
+    out = torch.ops.aten.upsample_trilinear3d.default(x[None].to(work), [int(n) for n in out_shape], False,
+                                                      *(1.0 / sc for sc in scales))[0]  # fmt: skip
+    return out.contiguous()
 
 
 def _nearest_slices(x, m: np.ndarray, out_shape):
@@ -303,12 +525,7 @@ def _nearest_slices(x, m: np.ndarray, out_shape):
     import torch
 
     n_in = x.shape[1:]
-    idx = []
-    for a in range(3):
-        ijk = 2 - a
-        pos = np.arange(out_shape[a]) * m[ijk, ijk] + m[ijk, 3]
-        # ties (exactly half-way, common with spacing ratios like 2.5) go up, as in ITK: + 1e-6 beats rounding error
-        idx.append(np.clip(np.floor(pos + 0.5 + 1e-6), 0, n_in[a] - 1).astype(np.int64))
+    idx = [_nearest_index(m, a, out_shape[a], n_in[a]) for a in range(3)]
     dz = idx[0]
     plane_identity = all(len(idx[a]) == n_in[a] and np.array_equal(idx[a], np.arange(n_in[a])) for a in (1, 2))
     rows, cols = (torch.from_numpy(idx[a]).to(x.device) for a in (1, 2))
@@ -346,17 +563,17 @@ def _interpolate_fast(x, m: np.ndarray, out_shape, work):
     import torch
     import torch.nn.functional as F
 
-    scales = [m[2 - a, 2 - a] for a in range(3)]  # per array axis (D, H, W)
-    offsets = [m[2 - a, 3] for a in range(3)]
-    if any(sc <= 0 or abs(off - (sc - 1) / 2) > 1e-6 for sc, off in zip(scales, offsets)):
+    scales = _fov_scales(m, out_shape, x.shape[1:])  # per array axis (D, H, W)
+    if scales is None:
         return None
+    offsets = [m[2 - a, 3] for a in range(3)]
     c, d, h, w = x.shape
     od, oh, ow = out_shape
     # in-plane: floor(n * factor) must reach the output size -> replicate-pad the far end (same as clamping)
     pads = []
     for a, n in ((1, h), (2, w)):
         k = 0
-        while int(np.floor((n + k) / scales[a] + 1e-9)) < out_shape[a]:
+        while int(np.floor((n + k) * (1.0 / scales[a]))) < out_shape[a]:  # F.interpolate's own output size
             k += 1
         pads.append(k)
     identity_plane = scales[1] == 1.0 and scales[2] == 1.0 and oh == h and ow == w
@@ -399,12 +616,13 @@ def _interpolate_fast(x, m: np.ndarray, out_shape, work):
 def _pad_outside(out, m: np.ndarray, out_shape, n_in, pad_value: float):
     import torch
 
-    for a in range(3):  # per-axis 1D masks: no output-sized boolean unless something is outside
+    for a in range(3):  # per-axis 1D masks, on the host (no device sync): nothing output-sized unless needed
         ijk = 2 - a
-        pos = torch.arange(out_shape[a], dtype=torch.float64, device=out.device) * m[ijk, ijk] + m[ijk, 3]
+        pos = np.arange(out_shape[a], dtype=np.float64) * m[ijk, ijk] + m[ijk, 3]
         mask = (pos < -0.5) | (pos > n_in[a] - 0.5)
-        if bool(mask.any()):
-            out = out.masked_fill(mask.view([1] + [-1 if b == a else 1 for b in range(3)]), float(pad_value))
+        if mask.any():
+            view = torch.from_numpy(mask).to(out.device).view([1] + [-1 if b == a else 1 for b in range(3)])
+            out = out.masked_fill(view, float(pad_value))
     return out
 
 

@@ -44,6 +44,12 @@ FACTORIES = {
     "ToDtype": lambda: T.ToDtype(dtype="float64"),
     "Window": lambda: T.Window(level=0.5, width=1.0),
     "ZScore": lambda: T.ZScore(mask_key="label"),
+    "DivisiblePad": lambda: T.DivisiblePad(k=8),
+    "Orient": lambda: T.Orient(axcodes="LPI"),
+    "Pad": lambda: T.Pad(size=(14, 15, 16)),
+    "Resample": lambda: T.Resample(like="label"),
+    "Resize": lambda: T.Resize(spatial_size=(7, -1, 9)),
+    "Spacing": lambda: T.Spacing(pixdim=(1.3, 0.9, 1.1)),
     "Compose": lambda: T.Compose(
         [T.RandomFlip(), T.CropOrPad(size=(6, 6, 6), foreground_key="label"), T.CropForeground(margin=1),
          T.RandomNoise()], seed=3),
