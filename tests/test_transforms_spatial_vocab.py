@@ -480,3 +480,26 @@ def test_tensor_on_device_matches_numpy(device):
             np.testing.assert_allclose(got[key].to_numpy(), want[key].to_numpy(), atol=1e-5)
             back = T.invert(got)[key]
             assert back.data.device.type == device and back.spatial_shape == SHAPE
+
+
+def test_spacing_passes_nnunet_resampling_options():
+    """Spacing(anisotropic=, label_mode="onehot") = resample's nnU-Net modes, key by key; recorded in the repr."""
+    from medstack.resample import resample
+
+    rng = np.random.default_rng(1)
+    aff = np.diag([0.8, 0.8, 4.0, 1.0])
+    img = Volume(rng.normal(size=(1, 6, 20, 20)).astype(np.float32), aff)
+    lab_data = np.zeros((1, 6, 20, 20), np.uint8)
+    lab_data[0, 1:5, 4:15, 5:12] = 1
+    lab_data[0, 2:4, 6:10, 6:9] = 2
+    lab = Volume(lab_data, aff)
+    t = T.Spacing(pixdim=(2.0, 1.0, 1.0), anisotropic="auto", label_mode="onehot")
+    out = t({"image": img, "label": lab})
+    ref_img = resample(img, spacing=(2.0, 1.0, 1.0), anisotropic="auto")
+    ref_lab = resample(lab, spacing=(2.0, 1.0, 1.0), mode="linear", label_mode="onehot")
+    np.testing.assert_array_equal(out["image"].to_numpy(), ref_img.to_numpy())
+    np.testing.assert_array_equal(out["label"].to_numpy(), ref_lab.to_numpy())
+    assert out["label"].to_numpy().dtype == np.uint8 and set(np.unique(out["label"].to_numpy())) <= {0, 1, 2}
+    assert "anisotropic='auto'" in repr(t) and "label_mode='onehot'" in repr(t)
+    with pytest.raises(ArgumentError):
+        T.Spacing(pixdim=1.0, label_mode="cubic")

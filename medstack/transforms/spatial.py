@@ -353,24 +353,26 @@ def orient_volume(volume: Volume, axcodes: str = "RAS") -> Volume:
     return out.replace(data=np.ascontiguousarray(out.data)) if isinstance(out.data, np.ndarray) else out
 
 
-def regrid_volume(volume: Volume, affine, shape, mode: str = "linear") -> Volume:
+def regrid_volume(volume: Volume, affine, shape, mode: str = "linear", **options) -> Volume:
     """``volume`` resampled in world space (:func:`medstack.resample.resample`) onto the grid ``(affine, shape)``,
-    ``shape`` in ``(D, H, W)`` order. The same grid returns the volume unchanged (no resampling, dtype kept)."""
+    ``shape`` in ``(D, H, W)`` order. The same grid returns the volume unchanged (no resampling, dtype kept).
+    ``options`` go to :func:`~medstack.resample.resample` (``anisotropic=``, ``label_mode=``, ...)."""
     from medstack.resample import resample
 
     if _same_grid(volume, affine, shape):
         return volume
-    out = resample(volume, like=_grid(np.asarray(affine, dtype=np.float64), tuple(shape)), mode=mode, pad_value=0.0)
+    out = resample(volume, like=_grid(np.asarray(affine, dtype=np.float64), tuple(shape)), mode=mode, pad_value=0.0,
+                   **options)  # fmt: skip
     return out.replace(metadata=dict(volume.metadata))
 
 
-def spacing_volume(volume: Volume, pixdim, mode: str = "linear") -> Volume:
+def spacing_volume(volume: Volume, pixdim, mode: str = "linear", **options) -> Volume:
     """Resample to voxel size ``pixdim`` mm (one number, or ``(D, H, W)``; :class:`~medstack.geometry.XYZ` for
     MONAI's order), keeping the field of view (:func:`medstack.resample.target_grid`)."""
     from medstack.resample import target_grid
 
     affine, shape = target_grid(volume, spacing=pixdim)
-    return regrid_volume(volume, affine, shape, mode)
+    return regrid_volume(volume, affine, shape, mode, **options)
 
 
 def resize_volume(volume: Volume, spatial_size, mode: str = "linear") -> Volume:
@@ -468,6 +470,12 @@ class Spacing(Transform):
     mode : str, sequence or dict, optional
         Interpolation per key (:func:`~medstack.transforms.base.interpolation_for`): label-like keys (label / seg /
         mask) nearest, others linear.
+    anisotropic : False, True or "auto"
+        nnU-Net's separate-axis order (:func:`medstack.resample.resample`): in-plane with ``mode``, along a much
+        coarser axis (spacing ratio above ``anisotropy_threshold``) with nearest.
+    label_mode : None, "nearest" or "onehot"
+        For the keys resampled with nearest (labels): "onehot" interpolates each label's mask and takes the
+        argmax (nnU-Net's resampling of segmentations).
 
     A volume already on the target grid is left as it is (not resampled). Recorded for :func:`invert`.
 
@@ -481,8 +489,16 @@ class Spacing(Transform):
     """
 
     def __init__(self, keys=("image", "label"), pixdim=None, *, like: str | None = None, mode=None,
+                 anisotropic=False, anisotropy_threshold: float = 3.0, label_mode: str | None = None,
                  allow_missing_keys=True):  # fmt: skip
         _check_str_keys(self, keys)
+        if anisotropic not in (False, True, "auto"):
+            raise ArgumentError(f"{type(self).__name__}: anisotropic must be False, True or 'auto', got {anisotropic!r}")
+        if label_mode not in (None, "nearest", "onehot"):
+            raise ArgumentError(f"{type(self).__name__}: label_mode must be None, 'nearest' or 'onehot', got "
+                                f"{label_mode!r}")  # fmt: skip
+        self.anisotropic, self.anisotropy_threshold = anisotropic, float(anisotropy_threshold)
+        self.label_mode = label_mode
         super().__init__(keys, allow_missing_keys=allow_missing_keys)
         name = type(self).__name__
         if (pixdim is None) == (like is None):
@@ -511,12 +527,14 @@ class Spacing(Transform):
         mode = self.modes.get(key, "linear")
         if params is None and self.like is not None:
             raise ArgumentError(f"{type(self).__name__}(like={self.like!r}) needs the sample dict, not a bare Volume")
-        out = spacing_volume(volume, self.pixdim, mode) if params is None else regrid_volume(volume, *params, mode)
+        options = {}
+        if mode == "nearest" and self.label_mode == "onehot":
+            mode, options["label_mode"] = "linear", "onehot"  # each label's mask interpolated linearly, then argmax
+        elif mode != "nearest" and self.anisotropic:
+            options.update(anisotropic=self.anisotropic, anisotropy_threshold=self.anisotropy_threshold)
+        out = (spacing_volume(volume, self.pixdim, mode, **options) if params is None
+               else regrid_volume(volume, *params, mode, **options))  # fmt: skip
         return _record(volume, out, "spacing")
-
-    def __repr__(self):
-        target = f"like={self.like!r}" if self.like is not None else f"pixdim={self.pixdim!r}"
-        return f"{type(self).__name__}(keys={list(self.keys)}, {target})"
 
 
 Resample = Spacing
