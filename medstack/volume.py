@@ -45,7 +45,7 @@ class Volume:
     >>> import numpy as np, medstack
     >>> vol = medstack.Volume(np.zeros((1, 4, 5, 6), np.int16), np.diag([0.7, 0.7, 2.5, 1.0]))
     >>> vol.shape, vol.spacing, vol.orientation
-    ((1, 4, 5, 6), (2.5, 0.7, 0.7), 'RAS')
+    ((1, 4, 5, 6), DHW(d=2.5, h=0.7, w=0.7), 'RAS')
     """
 
     data: Any

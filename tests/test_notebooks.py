@@ -32,3 +32,18 @@ def test_notebook_runs_and_every_figure_cell_has_an_image(path):
         assert images, f"{path.name}: figure cell has no image output:\n{cell.source}"
         for png in images:
             assert base64.b64decode(png).startswith(PNG_MAGIC)
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_stored_notebook_shows_its_figures_without_running(path):
+    """The notebooks are stored executed: GitHub / a viewer shows every figure without a kernel. Re-save after
+    editing a notebook: `python -c` with nbclient, as tests/test_notebooks.py executes them."""
+    nb = nbformat.read(path, as_version=4)
+    figure_cells = [c for c in nb.cells if c.cell_type == "code" and VIZ_CALL.search(c.source)]
+    assert figure_cells
+    for cell in figure_cells:
+        pngs = [o["data"]["image/png"] for o in cell.get("outputs", [])
+                if o.get("output_type") in ("display_data", "execute_result") and "image/png" in o.get("data", {})]  # fmt: skip
+        assert pngs, f"{path.name}: stored without the figure of cell:\n{cell.source}"
+    errors = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []) if o.get("output_type") == "error"]
+    assert not errors, f"{path.name}: stored with an error output"

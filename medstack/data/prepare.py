@@ -725,7 +725,11 @@ def to_original_grid(prediction, case, *, mode: str = "nearest"):
     target = Volume(np.broadcast_to(np.zeros((), np.uint8), (1, *shape)), affine)
     if prediction.spatial_shape == target.spatial_shape and np.allclose(prediction.affine, target.affine, atol=1e-4):
         return prediction
-    return resample(prediction, like=target, mode=mode, pad_value=0.0)
+    import warnings
+
+    with warnings.catch_warnings():  # a prepared crop covers part of the source grid by design: the rest is 0
+        warnings.filterwarnings("ignore", message=r"only .* of the target grid overlaps", category=UserWarning)
+        return resample(prediction, like=target, mode=mode, pad_value=0.0)
 
 
 def _grid_field(grid, field: str, where) -> tuple[np.ndarray, tuple[int, int, int]]:

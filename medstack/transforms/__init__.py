@@ -8,6 +8,8 @@
 from medstack.transforms.base import Compose, OneOf, RandomApply, RandomTransform, Transform, generator_for
 from medstack.transforms.intensity import (
     Clip,
+    ClipPercentile,
+    NormalizeIntensity,
     PercentileScale,
     RandomBiasField,
     RandomBlur,
@@ -15,10 +17,20 @@ from medstack.transforms.intensity import (
     RandomContrast,
     RandomGamma,
     RandomNoise,
+    ScaleIntensityRange,
     ScaleToRange,
     ToDtype,
     Window,
     ZScore,
+)
+from medstack.transforms.label import (
+    AsDiscrete,
+    FillHoles,
+    KeepLargestConnectedComponent,
+    LabelToContour,
+    OneHot,
+    RemapLabels,
+    RemoveSmallObjects,
 )
 from medstack.transforms.spatial import (
     CropForeground,
@@ -40,12 +52,19 @@ from medstack.transforms.spatial import (
 )
 
 __all__ = [
+    "AsDiscrete",
     "Clip",
+    "ClipPercentile",
     "Compose",
     "CropForeground",
     "CropOrPad",
     "DivisiblePad",
+    "FillHoles",
     "Flip",
+    "KeepLargestConnectedComponent",
+    "LabelToContour",
+    "NormalizeIntensity",
+    "OneHot",
     "OneOf",
     "Orient",
     "Pad",
@@ -63,9 +82,12 @@ __all__ = [
     "RandomNoise",
     "RandomRot90",
     "RandomTransform",
+    "RemapLabels",
+    "RemoveSmallObjects",
     "Resample",
     "Resize",
     "Rot90",
+    "ScaleIntensityRange",
     "ScaleToRange",
     "Spacing",
     "ToDtype",
@@ -74,4 +96,4 @@ __all__ = [
     "ZScore",
     "generator_for",
     "invert",
-]  # fmt: skip
+]

@@ -2,7 +2,16 @@
 
 Numeric behaviour: every transform here returns float32 (float64 input stays float64) except
 :class:`ToDtype`; integer inputs (uint8, int16 CT) are converted to float32 first, values unchanged.
-NaNs propagate (they are never silently replaced); :func:`zscore` ignores them in its statistics.
+NaNs propagate (they are never silently replaced); statistics (:func:`zscore`, :func:`normalize_intensity`,
+:func:`clip_percentiles`) ignore them. Torch tensors stay on their device. The affine is never changed.
+
+Two "nonzero" normalisations, named after the libraries whose semantics they follow:
+
+- :class:`NormalizeIntensity` ``(nonzero=True)``: MONAI / nnU-Net. Statistics from the nonzero voxels and only
+  those voxels are normalised; the background stays exactly 0.
+- :class:`ZScore` ``(nonzero=True)`` (``background="normalize"``, the default): TorchIO. Statistics from the
+  nonzero voxels, then *every* voxel is shifted and scaled, so the background becomes ``-mean / std``.
+  ``ZScore(..., background="keep")`` gives the MONAI behaviour with ZScore's options (mask key).
 """
 
 from __future__ import annotations
@@ -15,10 +24,13 @@ from medstack.viz import WINDOWS
 from medstack.volume import Volume
 
 __all__ = [
-    "Clip", "PercentileScale", "RandomBiasField", "RandomBlur", "RandomBrightness", "RandomContrast",
-    "RandomGamma", "RandomNoise", "ScaleToRange", "ToDtype", "Window", "ZScore", "clip", "scale_to_range",
-    "to_float", "window", "zscore",
+    "Clip", "ClipPercentile", "NormalizeIntensity", "PercentileScale", "RandomBiasField", "RandomBlur",
+    "RandomBrightness", "RandomContrast", "RandomGamma", "RandomNoise", "ScaleIntensityRange", "ScaleToRange",
+    "ToDtype", "Window", "ZScore", "clip", "clip_percentiles", "normalize_intensity", "percentiles",
+    "scale_intensity_range", "scale_to_range", "to_float", "window", "zscore",
 ]  # fmt: skip
+
+BACKGROUNDS = ("normalize", "keep")
 
 
 def _is_torch(x) -> bool:
@@ -61,34 +73,316 @@ def scale_to_range(x, a_min: float, a_max: float, out_range=(0.0, 1.0), *, clip_
     return y
 
 
-def zscore(x, mask=None, *, nonzero: bool = False, per_channel: bool = True, eps: float = 1e-8):
-    """``(x - mean) / std`` over the volume, a boolean ``mask`` (``(D, H, W)`` or ``(C, D, H, W)``) or the nonzero
-    voxels, per channel by default. Voxels outside the mask are normalised with the same statistics."""
+def scale_intensity_range(x, a_min: float, a_max: float, b_min: float = 0.0, b_max: float = 1.0, *,
+                          clip: bool = False):  # fmt: skip
+    """Map ``[a_min, a_max]`` linearly to ``[b_min, b_max]``, optionally clipped (MONAI's ScaleIntensityRange).
+
+    Parameters
+    ----------
+    x : numpy.ndarray or torch.Tensor
+        ``(C, D, H, W)`` (any shape works); integers become float32, torch stays on its device.
+    a_min, a_max : float
+        Input values mapped to ``b_min`` and ``b_max`` (e.g. a CT window in HU). Must differ.
+    b_min, b_max : float
+        Output values of ``a_min`` and ``a_max``.
+    clip : bool
+        Clip the output to ``[min(b_min, b_max), max(b_min, b_max)]``.
+
+    Notes
+    -----
+    Same values as MONAI's ``ScaleIntensityRange(a_min, a_max, b_min, b_max, clip)``, with two documented
+    differences: ``a_min == a_max`` raises :class:`~medstack.errors.ArgumentError` (MONAI warns and only
+    subtracts ``a_min``), and float64 input stays float64 (MONAI returns float32).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> scale_intensity_range(np.array([-1000.0, 0.0, 1000.0, 2000.0]), -1000, 1000, 0, 1, clip=True)
+    array([0. , 0.5, 1. , 1. ])
+    """
+    return scale_to_range(x, a_min, a_max, (b_min, b_max), clip_output=clip)
+
+
+def percentiles(x, q):
+    """Percentiles ``q`` (0-100) of ``x`` ignoring NaN, linear interpolation (``numpy.nanpercentile``'s default).
+
+    Torch tensors are sorted on their own device (no host copy, no size limit unlike ``torch.quantile``).
+    Returns a list of Python floats (NaN when every value is NaN).
+
+    Examples
+    --------
+    >>> percentiles(np.arange(11.0), [10, 50, 95])
+    [1.0, 5.0, 9.5]
+    """
+    qs = [float(v) for v in np.atleast_1d(np.asarray(q, dtype=np.float64))]
+    if any(not 0.0 <= v <= 100.0 for v in qs):
+        raise ArgumentError(f"percentiles: q must be in [0, 100], got {qs}")
+    if not _is_torch(x):
+        xn = np.asarray(x)
+        if xn.dtype.kind == "f" and np.isnan(xn).all():
+            return [float("nan")] * len(qs)
+        return [float(v) for v in np.nanpercentile(xn, qs)]
+    import torch
+
+    v = x.reshape(-1)
+    if torch.is_floating_point(v):
+        v = v[~torch.isnan(v)]
+    n = int(v.numel())
+    if n == 0:
+        return [float("nan")] * len(qs)
+    s = torch.sort(v.to(torch.float64)).values
+    out = []
+    for qv in qs:
+        pos = qv / 100.0 * (n - 1)
+        lo = int(np.floor(pos))
+        hi = min(lo + 1, n - 1)
+        a, b = s[lo].item(), s[hi].item()
+        out.append(a + (b - a) * (pos - lo))
+    return out
+
+
+def clip_percentiles(x, lower: float = 0.5, upper: float = 99.5, *, channel_wise: bool = True):
+    """Clip to the ``lower``/``upper`` percentiles (per channel by default); values inside are unchanged.
+
+    Unlike :class:`PercentileScale` nothing is rescaled: the output keeps the input's units (HU, a.u.).
+
+    Parameters
+    ----------
+    x : numpy.ndarray or torch.Tensor
+        ``(C, D, H, W)``; integers become float32, torch stays on its device.
+    lower, upper : float
+        Percentiles in [0, 100], ``lower <= upper``. NaN voxels are ignored in the percentiles and stay NaN.
+    channel_wise : bool
+        Percentiles of each channel (default), or of all channels together.
+
+    Examples
+    --------
+    >>> clip_percentiles(np.arange(11.0).reshape(1, 1, 1, 11), 10, 90).ravel()
+    array([1., 1., 2., 3., 4., 5., 6., 7., 8., 9., 9.])
+    """
+    if not 0.0 <= lower <= upper <= 100.0:
+        raise ArgumentError(f"clip_percentiles: need 0 <= lower <= upper <= 100, got lower={lower}, upper={upper}")
     x = to_float(x)
-    xn = x.detach().cpu().numpy() if _is_torch(x) else x
-    out = xn.copy()
-    channels = range(xn.shape[0]) if per_channel else [slice(None)]
-    for c in channels:
-        v = xn[c]
-        sel = np.isfinite(v)
-        if mask is not None:
-            m = np.asarray(mask.to_numpy() if isinstance(mask, Volume) else mask, dtype=bool)
-            m = m[c] if m.ndim == 4 and per_channel else (m[0] if m.ndim == 4 else m)
-            if m.shape != v.shape[-3:]:
-                raise GeometryError(f"zscore: mask shape {m.shape} does not match the volume {v.shape[-3:]}")
-            sel &= np.broadcast_to(m, v.shape)
-        if nonzero:
-            sel &= v != 0
-        if not sel.any():
-            continue
-        vals = v[sel]
-        mean, std = float(vals.mean()), float(vals.std())
-        out[c] = (v - mean) / max(std, eps)
+
+    def one(v, _):
+        lo, hi = percentiles(v, [lower, upper])
+        if np.isnan(lo):
+            return v
+        return v.clamp(lo, hi) if _is_torch(v) else np.clip(v, lo, hi)
+
+    return _per_group(x, channel_wise, one)
+
+
+def _per_group(x, channel_wise: bool, fn):
+    """``fn(channel, c)`` for each channel, stacked; or ``fn(x, None)`` on the whole array."""
+    if not channel_wise:
+        return fn(x, None)
+    outs = [fn(x[c], c) for c in range(x.shape[0])]
     if _is_torch(x):
         import torch
 
-        return torch.from_numpy(out).to(x.device)
-    return out
+        return torch.stack(outs)
+    return np.stack(outs)
+
+
+def _masked_stats(v, sel):
+    """(mean, population std) of ``v[sel]`` in float64, or None when nothing is selected."""
+    if _is_torch(v):
+        import torch
+
+        vals = v[sel].to(torch.float64)
+        if vals.numel() == 0:
+            return None
+        return vals.mean().item(), vals.std(correction=0).item()
+    vals = v[sel]
+    if vals.size == 0:
+        return None
+    return float(vals.mean(dtype=np.float64)), float(vals.std(dtype=np.float64))
+
+
+def _finite_sel(v):
+    """Boolean array: not NaN."""
+    if _is_torch(v):
+        import torch
+
+        return ~torch.isnan(v)
+    return ~np.isnan(v)
+
+
+def _standardize(v, sub: float, div: float, region):
+    """``(v - sub) / div`` where ``region`` (everywhere when None); other voxels unchanged."""
+    y = (v - sub) / div
+    if region is None:
+        return y
+    if _is_torch(v):
+        import torch
+
+        return torch.where(region, y, v)
+    return np.where(region, y, v)
+
+
+def _channel_values(value, name: str, n: int, channel_wise: bool, owner: str):
+    """None, one float for all channels, or one float per channel (checked against ``n`` channels)."""
+    if value is None:
+        return None
+    arr = np.asarray(value.detach().cpu() if _is_torch(value) else value, dtype=np.float64)
+    if arr.ndim == 0:
+        vals = [float(arr)] * (n if channel_wise else 1)
+    elif arr.ndim == 1:
+        if not channel_wise:
+            raise ArgumentError(f"{owner}: {name} has {arr.size} values but channel_wise=False takes one number; "
+                                "pass a single number or channel_wise=True")  # fmt: skip
+        if arr.size != n:
+            raise ArgumentError(f"{owner}: {name} has {arr.size} values for an image with {n} channels; give one "
+                                "value per channel or a single number")  # fmt: skip
+        vals = [float(v) for v in arr]
+    else:
+        raise ArgumentError(f"{owner}: {name} must be a number or one number per channel, got shape {arr.shape}")
+    if not np.all(np.isfinite(vals)):
+        raise ArgumentError(f"{owner}: {name} must be finite, got {value!r}")
+    return vals
+
+
+def _check_channel_values(value, name: str, owner: str):
+    """Validate a subtrahend/divisor at construction time (type only; the length is checked per call)."""
+    if value is None:
+        return None
+    try:
+        arr = np.asarray(value, dtype=np.float64)
+    except (TypeError, ValueError) as e:
+        raise ArgumentError(f"{owner}: {name} must be a number or a sequence of numbers, got {value!r}") from e
+    if arr.ndim > 1 or not np.all(np.isfinite(arr)):
+        raise ArgumentError(f"{owner}: {name} must be a finite number or one finite number per channel, got {value!r}")
+    return float(arr) if arr.ndim == 0 else tuple(float(v) for v in arr)
+
+
+def normalize_intensity(x, *, subtrahend=None, divisor=None, nonzero: bool = False, channel_wise: bool = True):
+    """``(x - subtrahend) / divisor`` with MONAI's NormalizeIntensity semantics (also nnU-Net's z-score).
+
+    Parameters
+    ----------
+    x : numpy.ndarray or torch.Tensor
+        ``(C, D, H, W)``; integers become float32 (float64 stays float64), torch stays on its device.
+    subtrahend, divisor : float or sequence of float, optional
+        Values to use instead of the computed mean / population standard deviation: one number, or one per
+        channel (``channel_wise=True``). A divisor (given or computed) of 0 is replaced by 1.
+    nonzero : bool
+        Statistics from the nonzero voxels **and only those voxels are normalised: the background stays exactly
+        0** (MONAI / nnU-Net). For TorchIO's behaviour (statistics from the nonzero voxels, every voxel shifted)
+        use :func:`zscore` with ``nonzero=True`` (``background="normalize"``).
+    channel_wise : bool
+        Statistics per channel (default; MONAI's default is ``channel_wise=False``, one set of statistics over
+        all channels).
+
+    Notes
+    -----
+    Matches MONAI's ``NormalizeIntensity`` (population std, ``divisor == 0 -> 1``, an all-zero channel with
+    ``nonzero=True`` is returned unchanged) except: NaN voxels are ignored in the statistics (MONAI's become
+    NaN everywhere) and stay NaN; float64 input stays float64 (MONAI returns float32); statistics are
+    accumulated in float64.
+
+    Examples
+    --------
+    >>> x = np.array([0.0, 0.0, 2.0, 4.0]).reshape(1, 1, 1, 4)
+    >>> normalize_intensity(x, nonzero=True).ravel()
+    array([ 0.,  0., -1.,  1.])
+    >>> normalize_intensity(x, subtrahend=1.0, divisor=2.0).ravel()
+    array([-0.5, -0.5,  0.5,  1.5])
+    """
+    owner = "normalize_intensity"
+    x = to_float(x)
+    subs = _channel_values(subtrahend, "subtrahend", x.shape[0], channel_wise, owner)
+    divs = _channel_values(divisor, "divisor", x.shape[0], channel_wise, owner)
+
+    def one(v, c):
+        i = 0 if c is None else c
+        region = (v != 0) if nonzero else None
+        if region is not None and not bool(region.any()):
+            return v
+        sub = None if subs is None else subs[i]
+        div = None if divs is None else divs[i]
+        if sub is None or div is None:
+            sel = _finite_sel(v)
+            if region is not None:
+                sel = sel & region
+            stats = _masked_stats(v, sel)
+            if stats is None:  # every selected voxel is NaN
+                return v
+            sub = stats[0] if sub is None else sub
+            div = stats[1] if div is None else div
+        return _standardize(v, sub, 1.0 if div == 0 else div, region)
+
+    return _per_group(x, channel_wise, one)
+
+
+def zscore(x, mask=None, *, nonzero: bool = False, per_channel: bool = True, eps: float = 1e-8,
+           background: str = "normalize"):  # fmt: skip
+    """``(x - mean) / max(std, eps)`` with statistics over the volume, a ``mask`` or the nonzero voxels.
+
+    Parameters
+    ----------
+    x : numpy.ndarray or torch.Tensor
+        ``(C, D, H, W)``; integers become float32, torch stays on its device.
+    mask : array_like, torch.Tensor or Volume, optional
+        Boolean ``(D, H, W)`` or ``(C, D, H, W)``: statistics from these voxels only.
+    nonzero : bool
+        Statistics from the nonzero voxels only (combined with ``mask`` when both are given).
+    per_channel : bool
+        Statistics per channel (default) or over all channels.
+    eps : float
+        Lower bound of the standard deviation (population std, ddof=0).
+    background : {"normalize", "keep"}
+        What happens to voxels outside the statistics region (outside ``mask`` / the zero voxels):
+        ``"normalize"`` (default): **TorchIO's ZNormalization semantics**: every voxel is shifted and scaled
+        with the same statistics, so a zero background becomes ``-mean / std``.
+        ``"keep"``: **MONAI / nnU-Net semantics**, as :func:`normalize_intensity` ``(nonzero=True)``: only the
+        region is normalised, voxels outside keep their value (a zero background stays 0).
+
+    Notes
+    -----
+    NaN voxels are ignored in the statistics and stay NaN. A channel with no selected voxel is unchanged.
+    TorchIO uses the sample std (ddof=1); medstack and MONAI the population std (ddof=0).
+
+    Examples
+    --------
+    >>> x = np.array([0.0, 0.0, 2.0, 4.0]).reshape(1, 1, 1, 4)
+    >>> zscore(x, nonzero=True).ravel()                        # TorchIO: the background moves too
+    array([-3., -3., -1.,  1.])
+    >>> zscore(x, nonzero=True, background="keep").ravel()     # MONAI / nnU-Net: the background stays 0
+    array([ 0.,  0., -1.,  1.])
+    """
+    if background not in BACKGROUNDS:
+        raise ArgumentError(f"zscore: background must be one of {BACKGROUNDS}, got {background!r}")
+    x = to_float(x)
+    m = None
+    if mask is not None:
+        if isinstance(mask, Volume):
+            mask = mask.data if _is_torch(mask.data) else mask.to_numpy()
+        if _is_torch(x):
+            import torch
+
+            m = torch.as_tensor(mask.detach() if _is_torch(mask) else np.asarray(mask), device=x.device).bool()
+        else:
+            m = np.asarray(mask.detach().cpu().numpy() if _is_torch(mask) else mask).astype(bool)
+        if m.ndim not in (3, 4) or tuple(m.shape[-3:]) != tuple(x.shape[-3:]):
+            raise GeometryError(f"zscore: mask shape {tuple(m.shape)} does not match the volume {tuple(x.shape[-3:])} "
+                                "(expected (D, H, W) or (C, D, H, W) on the image grid); resample the mask first")  # fmt: skip
+
+    def one(v, c):
+        region = None
+        if m is not None:
+            mc = m if m.ndim == 3 else (m[c] if c is not None else m[0])
+            region = mc.expand(v.shape) if _is_torch(v) else np.broadcast_to(mc, v.shape)
+        if nonzero:
+            region = (v != 0) if region is None else region & (v != 0)
+        sel = _finite_sel(v) if region is None else _finite_sel(v) & region
+        stats = _masked_stats(v, sel)
+        if stats is None:
+            return v
+        mean, std = stats
+        return _standardize(v, mean, max(std, eps), region if background == "keep" else None)
+
+    return _per_group(x, per_channel, one)
 
 
 def _data(volume: Volume):
@@ -132,7 +426,8 @@ class ScaleToRange(Transform):
                  clip: bool = False, allow_missing_keys=False):  # fmt: skip
         super().__init__(keys, allow_missing_keys=allow_missing_keys)
         if a_max == a_min:
-            raise ArgumentError("ScaleToRange: a_min == a_max")
+            raise ArgumentError(f"{type(self).__name__}: a_min == a_max == {a_min}: the input range is empty; give "
+                                "a_max != a_min")  # fmt: skip
         self.a_min, self.a_max, self.out_range, self.clip = a_min, a_max, out_range, clip
 
     def apply(self, volume, params, key):
@@ -140,13 +435,42 @@ class ScaleToRange(Transform):
         return volume.replace(data=y)
 
 
+class ScaleIntensityRange(ScaleToRange):
+    """MONAI's ScaleIntensityRange: ``[a_min, a_max] -> [b_min, b_max]``, optionally clipped.
+
+    :class:`ScaleToRange` with MONAI's argument names (``b_min``, ``b_max`` instead of ``out_range``); see
+    :func:`scale_intensity_range` for the documented differences from MONAI.
+
+    Examples
+    --------
+    >>> import numpy as np, medstack
+    >>> ct = medstack.Volume(np.array([-1000, 0, 1000], np.int16).reshape(1, 1, 1, 3), np.eye(4))
+    >>> ScaleIntensityRange(a_min=-1000, a_max=1000, b_min=0, b_max=1)(ct).data.ravel()
+    array([0. , 0.5, 1. ], dtype=float32)
+    """
+
+    def __init__(self, keys=("image",), a_min: float = 0.0, a_max: float = 1.0, b_min: float = 0.0,
+                 b_max: float = 1.0, *, clip: bool = False, allow_missing_keys=False):  # fmt: skip
+        super().__init__(keys, a_min, a_max, (b_min, b_max), clip=clip, allow_missing_keys=allow_missing_keys)
+        self.b_min, self.b_max = b_min, b_max
+
+
 class ZScore(Transform):
-    """Z-score per channel over the volume, the nonzero voxels, or a mask key of the same sample."""
+    """Z-score per channel over the volume, the nonzero voxels, or a mask key of the same sample.
+
+    ``background="normalize"`` (default) is **TorchIO's semantics**: statistics from the nonzero / masked voxels,
+    then every voxel is shifted and scaled (a zero background becomes ``-mean / std``). ``background="keep"`` is
+    **MONAI / nnU-Net's**: only the nonzero / masked voxels are normalised, the others keep their value, as
+    :class:`NormalizeIntensity` ``(nonzero=True)``. See :func:`zscore`.
+    """
 
     def __init__(self, keys=("image",), *, mask_key: str | None = None, nonzero: bool = False,
-                 per_channel: bool = True, allow_missing_keys=False):  # fmt: skip
+                 per_channel: bool = True, background: str = "normalize", allow_missing_keys=False):  # fmt: skip
         super().__init__(keys, allow_missing_keys=allow_missing_keys)
-        self.mask_key, self.nonzero, self.per_channel = mask_key, nonzero, per_channel
+        if background not in BACKGROUNDS:
+            raise ArgumentError(f"ZScore: background must be one of {BACKGROUNDS} (TorchIO's or MONAI's semantics), "
+                                f"got {background!r}")  # fmt: skip
+        self.mask_key, self.nonzero, self.per_channel, self.background = mask_key, nonzero, per_channel, background
 
     def call_params(self, sample, rng):
         if self.mask_key is None:
@@ -156,8 +480,62 @@ class ZScore(Transform):
         return sample[self.mask_key].to_numpy() > 0  # the mask travels as this call's parameter, not on self
 
     def apply(self, volume, params, key):
-        return volume.replace(data=zscore(_data(volume), params, nonzero=self.nonzero,
-                                          per_channel=self.per_channel))  # fmt: skip
+        return volume.replace(data=zscore(_data(volume), params, nonzero=self.nonzero, per_channel=self.per_channel,
+                                          background=self.background))  # fmt: skip
+
+
+class NormalizeIntensity(Transform):
+    """MONAI's NormalizeIntensity: ``(x - subtrahend) / divisor`` with computed or given statistics.
+
+    With ``nonzero=True`` only the nonzero voxels are normalised and **the background stays exactly 0**
+    (MONAI / nnU-Net semantics). :class:`ZScore` ``(nonzero=True)`` is TorchIO's instead (every voxel shifted).
+    See :func:`normalize_intensity` for the parameters and the differences from MONAI.
+
+    Examples
+    --------
+    >>> import numpy as np, medstack
+    >>> mr = medstack.Volume(np.array([0, 0, 2, 4], np.float32).reshape(1, 1, 1, 4), np.eye(4))
+    >>> NormalizeIntensity(nonzero=True)(mr).data.ravel()
+    array([ 0.,  0., -1.,  1.], dtype=float32)
+    """
+
+    def __init__(self, keys=("image",), *, subtrahend=None, divisor=None, nonzero: bool = False,
+                 channel_wise: bool = True, allow_missing_keys=False):  # fmt: skip
+        super().__init__(keys, allow_missing_keys=allow_missing_keys)
+        self.subtrahend = _check_channel_values(subtrahend, "subtrahend", "NormalizeIntensity")
+        self.divisor = _check_channel_values(divisor, "divisor", "NormalizeIntensity")
+        if not channel_wise and (isinstance(self.subtrahend, tuple) or isinstance(self.divisor, tuple)):
+            raise ArgumentError("NormalizeIntensity: per-channel subtrahend/divisor need channel_wise=True")
+        self.nonzero, self.channel_wise = nonzero, channel_wise
+
+    def apply(self, volume, params, key):
+        y = normalize_intensity(_data(volume), subtrahend=self.subtrahend, divisor=self.divisor,
+                                nonzero=self.nonzero, channel_wise=self.channel_wise)  # fmt: skip
+        return volume.replace(data=y)
+
+
+class ClipPercentile(Transform):
+    """Clip each channel to its ``lower``/``upper`` percentiles; values inside are unchanged (no rescaling,
+    unlike :class:`PercentileScale`). See :func:`clip_percentiles`.
+
+    Examples
+    --------
+    >>> import numpy as np, medstack
+    >>> v = medstack.Volume(np.arange(11, dtype=np.float32).reshape(1, 1, 1, 11), np.eye(4))
+    >>> ClipPercentile(lower=10, upper=90)(v).data.ravel()
+    array([1., 1., 2., 3., 4., 5., 6., 7., 8., 9., 9.], dtype=float32)
+    """
+
+    def __init__(self, keys=("image",), lower: float = 0.5, upper: float = 99.5, *, channel_wise: bool = True,
+                 allow_missing_keys=False):  # fmt: skip
+        super().__init__(keys, allow_missing_keys=allow_missing_keys)
+        if not 0 <= lower <= upper <= 100:
+            raise ArgumentError(f"ClipPercentile: need 0 <= lower <= upper <= 100, got lower={lower}, upper={upper}")
+        self.lower, self.upper, self.channel_wise = lower, upper, channel_wise
+
+    def apply(self, volume, params, key):
+        y = clip_percentiles(_data(volume), self.lower, self.upper, channel_wise=self.channel_wise)
+        return volume.replace(data=y)
 
 
 class PercentileScale(Transform):
@@ -172,18 +550,13 @@ class PercentileScale(Transform):
 
     def apply(self, volume, params, key):
         x = to_float(_data(volume))
-        xn = x.detach().cpu().numpy() if _is_torch(x) else x
-        chans = []
-        for c in range(xn.shape[0]):
-            lo, hi = np.nanpercentile(xn[c], [self.lower, self.upper])
-            hi = hi if hi > lo else lo + 1.0
-            chans.append(scale_to_range(xn[c : c + 1], lo, hi, self.out_range, clip_output=self.clip))
-        out = np.concatenate(chans, axis=0)
-        if _is_torch(x):
-            import torch
 
-            out = torch.from_numpy(out).to(x.device)
-        return volume.replace(data=out)
+        def one(v, _):
+            lo, hi = percentiles(v, [self.lower, self.upper])
+            hi = hi if hi > lo else lo + 1.0
+            return scale_to_range(v, lo, hi, self.out_range, clip_output=self.clip)
+
+        return volume.replace(data=_per_group(x, True, one))
 
 
 class ToDtype(Transform):
