@@ -38,13 +38,38 @@ After the table: a per-step breakdown (mean ms per call) of the three per-sample
 torch operators of one batched call (``torch.profiler``), to show where the time goes. When CUDA is
 available, ``BatchAugment`` is also timed on the GPU (``torch.cuda.synchronize`` around each batch).
 
+Second section (``--nnunet`` runs only it, ``--no-nnunet`` skips it): nnU-Net's default training augmentation
+on one batch of ``--nn-batch`` (2) x 1 x P^3 float32 CT-like volumes (``(HU + 1100) / 1000``, strictly positive)
++ uint8 labels (0/1/2), P = ``--nn-patch`` (128; 64 with ``--quick``), ``--nn-repeats`` (40) interleaved
+batches per method (a new random draw each; median and mean per batch reported):
+
+- ``medstack CPU`` / ``CUDA``: ``BatchAugment.nnunet(spacing=(1, 1, 1), patch_size=(P,) * 3)`` on the whole
+  batch; ``out_size`` rows read the input with ``margin((P,) * 3)`` voxels each side and return P^3;
+- ``MONAI per-sample``: ``Compose([RandRotated(+-30 deg x/y/z, prob 0.2), RandZoomd(0.7-1.4, prob 0.2),
+  RandGaussianNoised(std 0.1, prob 0.1), RandGaussianSmoothd(sigma 0.5-1, prob 0.2),
+  RandScaleIntensityd(factors 0.25, prob 0.15), RandScaleIntensityFixedMeand(0.25, preserve_range, prob 0.15),
+  RandSimulateLowResolutiond(zoom 0.5-1, prob 0.25), RandAdjustContrastd(gamma 0.7-1.5, invert_image,
+  retain_stats, prob 0.1), RandAdjustContrastd(gamma 0.7-1.5, retain_stats, prob 0.3), RandFlipd x 3 (0.5)])``;
+- ``TorchIO per-sample``: ``Compose([RandomAffine(scales=(0.7, 1.4), isotropic, degrees=30, p=0.2),
+  RandomNoise(std=(0, 0.1), p=0.1), RandomBlur(std=(0.5, 1), p=0.2), RandomGamma(log_gamma=(log 0.7, log 1.5),
+  p=0.3), RandomAnisotropy(downsampling=(1, 2), p=0.25), RandomFlip(axes=(0, 1, 2))])`` (TorchIO has no
+  multiplicative brightness, contrast or inverted gamma: left out);
+- ``batchgenerators`` (only when importable; not a medstack dependency): nnU-Net v1's default 3D chain
+  (SpatialTransform rotation +-30 deg / scale 0.7-1.4 p 0.2 each, cubic data, GaussianNoise, GaussianBlur,
+  BrightnessMultiplicative, ContrastAugmentation, SimulateLowResolution, Gamma inverted + Gamma, Mirror).
+
+Then the padding fraction of medstack's output without and with the margin (output voxels sampled outside
+the input: nearest-resampled label volume of ones, output 0 = padding).
+
 Usage::
 
-    python benchmarks/bench_transforms.py                         # 96^3, >= 50 samples per method
-    python benchmarks/bench_transforms.py --patch 48 --samples 8  # quick (seconds)
+    python benchmarks/bench_transforms.py                         # both sections, 96^3 chain, 128^3 nnU-Net
+    python benchmarks/bench_transforms.py --quick                 # both, 48^3 / 64^3 (~25 s on 2 cores)
+    python benchmarks/bench_transforms.py --nnunet [--quick]      # only the nnU-Net section
+    python benchmarks/bench_transforms.py --patch 48 --samples 8 --no-nnunet  # chain only, small
 
-Writes ``benchmarks/results/bench_transforms.json``; the phantom patches are cached in
-``benchmarks/_data/transforms/``.
+Writes ``benchmarks/results/bench_transforms[_quick].json`` and ``bench_transforms_nnunet[_quick].json``
+(+ ``.txt``, the printed table); the phantom patches are cached in ``benchmarks/_data/transforms/``.
 """
 
 from __future__ import annotations
@@ -375,6 +400,311 @@ def breakdown(build, count: int) -> dict:
     return {"steps": names, "ms": [float(m) for m in means], "total_ms": float(means.sum())}
 
 
+# -- nnU-Net preset -------------------------------------------------------------------------------------------
+NN_METHODS = ("medstack CPU", "medstack CPU out_size", "medstack CUDA", "medstack CUDA out_size", "MONAI per-sample",
+              "TorchIO per-sample", "batchgenerators")  # fmt: skip
+NN_REFERENCE = "medstack CPU"
+
+
+def nn_data(patch: int, batch: int, margin, seed: int = 0):
+    """(images, labels) of shape (B, 1, P, P, P) float32 / uint8 and the same centred inside a larger
+    (B, 1, P + 2 m_d, P + 2 m_h, P + 2 m_w) read (for ``out_size``): CT-like volumes (``_common``) mapped to
+    ``(HU + 1100) / 1000`` (strictly positive, ~0.08 - 2.1), labels 0 air / 1 soft tissue / 2 bone."""
+    big = tuple(patch + 2 * m for m in margin)
+    imgs, labs = [], []
+    for i in range(batch):
+        vol = C.ct_like_volume(big[::-1], seed=seed + i).astype(np.float32)  # (D, H, W) = big
+        imgs.append((vol + 1100.0) / 1000.0)
+        labs.append(np.where(vol < -500, 0, np.where(vol > 200, 2, 1)).astype(np.uint8))
+    big_img, big_lab = np.stack(imgs)[:, None], np.stack(labs)[:, None]
+    sl = (slice(None), slice(None), *(slice(m, m + patch) for m in margin))
+    return (np.ascontiguousarray(big_img[sl]), np.ascontiguousarray(big_lab[sl]), big_img, big_lab)
+
+
+def nn_medstack(data, patch: int, device: str, out_size: bool):
+    import torch
+
+    from medstack.transforms.gpu import BatchAugment
+
+    aug = BatchAugment.nnunet(spacing=(1.0, 1.0, 1.0), patch_size=(patch,) * 3)
+    img, lab, big_img, big_lab = data
+    images = torch.from_numpy(big_img if out_size else img).to(device)
+    labels = torch.from_numpy(big_lab if out_size else lab).to(device)
+    gen = torch.Generator().manual_seed(0)
+    kw = {"out_size": (patch,) * 3} if out_size else {}
+
+    def step():
+        out = aug(images, labels, generator=gen, **kw)
+        if device != "cpu":
+            torch.cuda.synchronize()
+        return out
+
+    return step
+
+
+def _nn_monai_chain():
+    from monai.transforms import (
+        Compose,
+        RandAdjustContrastd,
+        RandFlipd,
+        RandGaussianNoised,
+        RandGaussianSmoothd,
+        RandRotated,
+        RandScaleIntensityd,  # fmt: skip
+        RandScaleIntensityFixedMeand,
+        RandSimulateLowResolutiond,
+        RandZoomd,
+    )
+
+    keys, rad = ["image", "label"], math.radians(30)
+    chain = Compose([
+        RandRotated(keys=keys, range_x=rad, range_y=rad, range_z=rad, prob=0.2, keep_size=True,
+                    mode=("bilinear", "nearest"), padding_mode="zeros"),
+        RandZoomd(keys=keys, min_zoom=0.7, max_zoom=1.4, prob=0.2, keep_size=True, mode=("trilinear", "nearest"),
+                  padding_mode="constant"),
+        RandGaussianNoised(keys=["image"], prob=0.1, std=0.1),
+        RandGaussianSmoothd(keys=["image"], sigma_x=(0.5, 1.0), sigma_y=(0.5, 1.0), sigma_z=(0.5, 1.0), prob=0.2),
+        RandScaleIntensityd(keys=["image"], factors=0.25, prob=0.15),
+        RandScaleIntensityFixedMeand(keys=["image"], factors=0.25, preserve_range=True, prob=0.15),
+        RandSimulateLowResolutiond(keys=["image"], zoom_range=(0.5, 1.0), prob=0.25),
+        RandAdjustContrastd(keys=["image"], gamma=(0.7, 1.5), invert_image=True, retain_stats=True, prob=0.1),
+        RandAdjustContrastd(keys=["image"], gamma=(0.7, 1.5), retain_stats=True, prob=0.3),
+        RandFlipd(keys=keys, prob=0.5, spatial_axis=0),
+        RandFlipd(keys=keys, prob=0.5, spatial_axis=1),
+        RandFlipd(keys=keys, prob=0.5, spatial_axis=2),
+    ])  # fmt: skip
+    chain.set_random_state(seed=0)
+    return chain
+
+
+def nn_monai(data):
+    import torch
+    from monai.data import MetaTensor
+
+    chain = _nn_monai_chain()
+    img, lab = data[0], data[1]
+    items = [{"image": MetaTensor(torch.from_numpy(img[i])), "label": MetaTensor(torch.from_numpy(lab[i]))}
+             for i in range(len(img))]  # fmt: skip
+
+    def step():
+        outs = [chain(dict(d)) for d in items]
+        return (
+            torch.stack([o["image"].as_tensor() for o in outs]),
+            torch.stack([o["label"].as_tensor() for o in outs]),
+        )
+
+    return step
+
+
+def nn_torchio(data):
+    import torch
+    import torchio as tio
+
+    torch.manual_seed(0)  # TorchIO draws from torch's global generator
+    chain = tio.Compose([
+        tio.RandomAffine(scales=(0.7, 1.4), isotropic=True, degrees=30, default_pad_value=0, p=0.2),
+        tio.RandomNoise(std=(0, 0.1), p=0.1),
+        tio.RandomBlur(std=(0.5, 1.0), p=0.2),
+        tio.RandomGamma(log_gamma=(math.log(0.7), math.log(1.5)), p=0.3),
+        tio.RandomAnisotropy(axes=(0, 1, 2), downsampling=(1.0, 2.0), p=0.25),
+        tio.RandomFlip(axes=(0, 1, 2), flip_probability=0.5),
+    ])  # fmt: skip
+    img, lab = data[0], data[1]
+    subjects = [tio.Subject(image=tio.ScalarImage(tensor=torch.from_numpy(img[i])),
+                            label=tio.LabelMap(tensor=torch.from_numpy(lab[i]))) for i in range(len(img))]  # fmt: skip
+
+    def step():
+        outs = [chain(s) for s in subjects]
+        return torch.stack([o["image"].data for o in outs]), torch.stack([o["label"].data for o in outs])
+
+    return step
+
+
+def nn_batchgenerators_install_note() -> str | None:
+    """None when batchgenerators imports, else the reason (it is not a medstack dependency)."""
+    try:
+        import batchgenerators  # noqa: F401
+        from batchgenerators.transforms.spatial_transforms import SpatialTransform  # noqa: F401
+    except Exception as e:
+        return f"{type(e).__name__}: {e}"
+    return None
+
+
+def nn_batchgenerators(data, patch: int):
+    """nnU-Net v1's default 3D training augmentation (``default_3D_augmentation_params``,
+    ``get_moreDA_augmentation``), less its label bookkeeping (RemoveLabel, Rename, NumpyToTensor)."""
+    from batchgenerators.transforms.abstract_transforms import Compose
+    from batchgenerators.transforms.color_transforms import (
+        BrightnessMultiplicativeTransform,
+        ContrastAugmentationTransform,
+        GammaTransform,
+    )
+    from batchgenerators.transforms.noise_transforms import GaussianBlurTransform, GaussianNoiseTransform
+    from batchgenerators.transforms.resample_transforms import SimulateLowResolutionTransform
+    from batchgenerators.transforms.spatial_transforms import MirrorTransform, SpatialTransform
+
+    rad = math.radians(30)
+    chain = Compose([
+        SpatialTransform((patch,) * 3, patch_center_dist_from_border=None, do_elastic_deform=False,
+                         do_rotation=True, angle_x=(-rad, rad), angle_y=(-rad, rad), angle_z=(-rad, rad),
+                         p_rot_per_axis=1, do_scale=True, scale=(0.7, 1.4), border_mode_data="constant",
+                         border_cval_data=0, order_data=3, border_mode_seg="constant", border_cval_seg=-1,
+                         order_seg=1, random_crop=False, p_el_per_sample=0, p_scale_per_sample=0.2,
+                         p_rot_per_sample=0.2, independent_scale_for_each_axis=False),
+        GaussianNoiseTransform(p_per_sample=0.1),
+        GaussianBlurTransform((0.5, 1.0), different_sigma_per_channel=True, p_per_sample=0.2, p_per_channel=0.5),
+        BrightnessMultiplicativeTransform(multiplier_range=(0.75, 1.25), p_per_sample=0.15),
+        ContrastAugmentationTransform(p_per_sample=0.15),
+        SimulateLowResolutionTransform(zoom_range=(0.5, 1), per_channel=True, p_per_channel=0.5,
+                                       order_downsample=0, order_upsample=3, p_per_sample=0.25),
+        GammaTransform((0.7, 1.5), True, True, retain_stats=True, p_per_sample=0.1),
+        GammaTransform((0.7, 1.5), False, True, retain_stats=True, p_per_sample=0.3),
+        MirrorTransform((0, 1, 2)),
+    ])  # fmt: skip
+    np.random.seed(0)  # noqa: NPY002 - batchgenerators draws from NumPy's global generator
+    img, seg = data[0], data[1].astype(np.float32)
+
+    def step():
+        out = chain(data=img.copy(), seg=seg.copy())  # intensity transforms work in place
+        return out["data"], out["seg"]
+
+    return step
+
+
+def nn_check(result, batch: int, patch: int) -> str:
+    import torch
+
+    image, label = (torch.as_tensor(np.asarray(x)) if isinstance(x, np.ndarray) else x.detach().cpu() for x in result)
+    problems = []
+    if tuple(image.shape) != (batch, 1, patch, patch, patch):
+        problems.append(f"image shape {tuple(image.shape)}")
+    if tuple(label.shape) != (batch, 1, patch, patch, patch):
+        problems.append(f"label shape {tuple(label.shape)}")
+    if not bool(torch.isfinite(image.float()).all()):
+        problems.append("image not finite")
+    values = set(torch.unique(label.float()).tolist())
+    if not values <= {-1.0, 0.0, 1.0, 2.0}:  # -1: batchgenerators' border_cval_seg
+        problems.append(f"{len(values)} label values")
+    return "ok" if not problems else "; ".join(problems)
+
+
+def nn_padding(patch: int, batch: int, margin, batches: int, **overrides) -> dict:
+    """Fraction of medstack's output voxels that are padding, without and with the margin: the labels are a
+    volume of ones (strictly positive) resampled with nearest neighbour and zero padding, so an output label
+    0 means the output voxel samples outside the input (the image channel is bilinear: a fringe of voxels
+    next to those is partly padded too)."""
+    import torch
+
+    from medstack.transforms.gpu import BatchAugment
+
+    aug = BatchAugment.nnunet(spacing=(1.0, 1.0, 1.0), patch_size=(patch,) * 3, **overrides)
+    res = {}
+    for name, shape, kw in (("no margin", (patch,) * 3, {}),
+                            ("margin", tuple(patch + 2 * m for m in margin), {"out_size": (patch,) * 3})):  # fmt: skip
+        gen = torch.Generator().manual_seed(1)
+        ones = torch.ones((batch, 1, *shape), dtype=torch.uint8)
+        image = torch.ones((batch, 1, *shape), dtype=torch.float32)
+        fr = []
+        for _ in range(batches):
+            _, lab = aug(image, ones, generator=gen, **kw)
+            fr.extend((lab == 0).float().mean(dim=(1, 2, 3, 4)).tolist())
+        res[name] = {"mean": float(np.mean(fr)), "max": float(np.max(fr)), "samples": len(fr),
+                     "padded_samples": int(sum(f > 0 for f in fr))}  # fmt: skip
+    return res
+
+
+def run_nnunet(args, env) -> dict:
+    import torch
+
+    p, b, reps = args.nn_patch, args.nn_batch, args.nn_repeats
+    from medstack.transforms.gpu import BatchAugment
+
+    margin = BatchAugment.nnunet(spacing=(1.0, 1.0, 1.0), patch_size=(p,) * 3).margin((p,) * 3)
+    big = tuple(p + 2 * m for m in margin)
+    print(f"\n== nnU-Net default augmentation: batch {b} x 1 x {p}^3 float32 + uint8 labels, {reps} repeats; "
+          f"margin {margin} -> out_size input {big} ==", flush=True)  # fmt: skip
+    data = nn_data(p, b, margin)
+    builders = {
+        "medstack CPU": lambda: nn_medstack(data, p, "cpu", False),
+        "medstack CPU out_size": lambda: nn_medstack(data, p, "cpu", True),
+        "MONAI per-sample": lambda: nn_monai(data),
+        "TorchIO per-sample": lambda: nn_torchio(data),
+        "batchgenerators": lambda: nn_batchgenerators(data, p),
+    }
+    notes = []
+    if torch.cuda.is_available():
+        builders["medstack CUDA"] = lambda: nn_medstack(data, p, "cuda", False)
+        builders["medstack CUDA out_size"] = lambda: nn_medstack(data, p, "cuda", True)
+    else:
+        notes.append("medstack CUDA: not available here (torch.cuda.is_available() is False)")
+    bg_note = nn_batchgenerators_install_note()
+    if bg_note is not None:
+        del builders["batchgenerators"]
+        notes.append(f"batchgenerators: not installable here ({bg_note})")
+    wanted = [m for m in NN_METHODS if m in builders and m in args.nn_methods]
+    methods = {}
+    for name in wanted:
+        try:
+            step = builders[name]()
+            verdict = nn_check(step(), b, p)  # warm-up, untimed
+            step()
+        except ImportError as e:
+            notes.append(f"{name}: skipped ({type(e).__name__}: {e})")
+            continue
+        except Exception as e:
+            notes.append(f"{name}: not run ({type(e).__name__}: {e})")
+            continue
+        methods[name] = {"step": step, "check": verdict, "seconds": []}
+    quiet = wait_quiet(args.max_wait)
+    names = list(methods)
+    for r in range(reps):  # interleaved, order rotated: a disturbance hits every method alike
+        for name in names[r % len(names) :] + names[: r % len(names)]:
+            t, _ = C.timed(methods[name]["step"])
+            methods[name]["seconds"].append(t)
+    ref = C.median(methods[NN_REFERENCE]["seconds"]) if NN_REFERENCE in methods else None
+    ref_mean = float(np.mean(methods[NN_REFERENCE]["seconds"])) if NN_REFERENCE in methods else None
+    headers = ["method", "median s/batch", "mean s/batch", "samples/s", "vs medstack CPU", "(mean)", "check"]
+    rows, results = [], {}
+    for name, m in methods.items():
+        med, mean = C.median(m["seconds"]), float(np.mean(m["seconds"]))
+        ratio, ratio_mean = (med / ref, mean / ref_mean) if ref else (None, None)
+        results[name] = {"seconds": m["seconds"], "median_s": med, "mean_s": mean, "samples_per_s": b / med,
+                         "samples_per_s_mean": b / mean, "ratio_vs_medstack_cpu": ratio,
+                         "ratio_vs_medstack_cpu_mean": ratio_mean, "check": m["check"]}  # fmt: skip
+        rows.append([name, C.fmt_s(med), C.fmt_s(mean), f"{b / med:.2f}", f"{ratio:.2f}" if ratio else "-",
+                     f"{ratio_mean:.2f}" if ratio else "-", m["check"]])  # fmt: skip
+    title = (f"nnU-Net default augmentation, batch {b} x 1 x {p}^3, {THREADS} threads, median of {reps} interleaved "
+             f"batches (quiet machine: {'yes' if quiet else 'no'})")  # fmt: skip
+    table = C.format_table(headers, rows, ["<", ">", ">", ">", ">", ">", "<"])
+    legend = ("samples/s = batch / median s; vs medstack CPU = method median / medstack CPU median, (mean) = the same "
+              "with means (peer time / medstack time: > 1 = medstack faster); each op fires with its own "
+              "probability, so batches differ: the mean is the throughput, the median the typical batch; "
+              "out_size rows read the larger margin input")  # fmt: skip
+    print(f"\n{title}\n{table}\n{legend}")
+    for n in notes:
+        print(f"  {n}")
+    pad_batches = max(4, args.nn_pad_samples // b)
+    pad = {
+        "preset": nn_padding(p, b, margin, pad_batches),
+        "p_rotation=p_scale=1": nn_padding(p, b, margin, max(2, pad_batches // 4), p_rotation=1.0, p_scale=1.0),
+    }
+    pad_lines = [f"Padding fraction of medstack's output (voxels = pad value 0 for a strictly positive input; "
+                 f"nearest-resampled ones, {pad_batches * b} samples):"]  # fmt: skip
+    for cfg, res in pad.items():
+        parts = [f"{k}: mean {100 * v['mean']:.2f}% (max {100 * v['max']:.1f}%, {v['padded_samples']}/{v['samples']}"
+                 f" samples padded)" for k, v in res.items()]  # fmt: skip
+        pad_lines.append(f"  {cfg:<22} " + "; ".join(parts))
+    print("\n".join(pad_lines))
+    text = "\n".join([title, table, legend, *(f"  {n}" for n in notes), *pad_lines])
+    payload = {"benchmark": "bench_transforms --nnunet", "environment": env, "threads": THREADS, "patch": p,
+               "batch": b, "repeats": reps, "margin": list(margin), "out_size_input": list(big), "quiet_machine": quiet,
+               "results": results, "notes": notes, "padding": pad, "table": text}  # fmt: skip
+    path = C.write_json(args.nn_json, payload)
+    path.with_suffix(".txt").write_text(text + "\n")
+    print(f"results: {path} (+ .txt)", flush=True)
+    return payload
+
+
 # -- report -------------------------------------------------------------------------------------------
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -395,8 +725,35 @@ def main(argv=None) -> int:
     )
     ap.add_argument("--methods", default=",".join(METHODS), help="comma-separated subset of: " + ", ".join(METHODS))
     ap.add_argument("--max-wait", type=float, default=900.0, help="seconds to wait for a quiet machine (900)")
-    ap.add_argument("--json", default="bench_transforms.json")
+    ap.add_argument("--json", default=None, help="results/ JSON (bench_transforms[_quick].json)")
+    ap.add_argument("--nnunet", action="store_true", help="only the nnU-Net preset section (default: both sections)")
+    ap.add_argument("--no-nnunet", action="store_true", help="skip the nnU-Net preset section")
+    ap.add_argument(
+        "--quick",
+        action="store_true",
+        help="small sizes: chain --patch 48 --samples 8 --rounds 2 --breakdown 0; nnU-Net 64^3, 40 repeats",
+    )
+    ap.add_argument("--nn-patch", type=int, default=None, help="nnU-Net section patch edge (128; 64 with --quick)")
+    ap.add_argument("--nn-batch", type=int, default=2, help="nnU-Net section batch size (default 2)")
+    ap.add_argument("--nn-repeats", type=int, default=None, help="nnU-Net section timed batches (40)")
+    ap.add_argument("--nn-pad-samples", type=int, default=None, help="samples for the padding fraction (64; 16 quick)")
+    ap.add_argument("--nn-methods", default=",".join(NN_METHODS), help="subset of: " + ", ".join(NN_METHODS))
+    ap.add_argument(
+        "--nn-json",
+        default=None,
+        help="nnU-Net section JSON (+ .txt table) in results/ (bench_transforms_nnunet[_quick].json)",
+    )
     args = ap.parse_args(argv)
+    if args.quick:
+        args.patch, args.samples, args.rounds, args.breakdown = 48, 8, 2, 0
+    args.nn_patch = args.nn_patch or (64 if args.quick else 128)
+    args.nn_repeats = args.nn_repeats or 40
+    args.nn_pad_samples = args.nn_pad_samples or (16 if args.quick else 64)
+    args.json = args.json or f"bench_transforms{'_quick' if args.quick else ''}.json"
+    args.nn_json = args.nn_json or f"bench_transforms_nnunet{'_quick' if args.quick else ''}.json"
+    args.nn_methods = [m.strip() for m in args.nn_methods.split(",") if m.strip()]
+    if set(args.nn_methods) - set(NN_METHODS):
+        raise SystemExit(f"--nn-methods: unknown {sorted(set(args.nn_methods) - set(NN_METHODS))}")
     wanted = [m.strip() for m in args.methods.split(",") if m.strip()]
     unknown = sorted(set(wanted) - set(METHODS))
     if unknown:
@@ -410,6 +767,9 @@ def main(argv=None) -> int:
     env = C.environment()
     print(f"python {env['python']}, torch {env['torch']}, monai {env['monai']}, torchio {env['torchio']}, "
           f"{env['cpus']} CPUs, torch threads {torch.get_num_threads()}")  # fmt: skip
+    if args.nnunet:
+        run_nnunet(args, env)
+        return 0
     p = args.patch
     print(f"patch 2 x {p}^3 float32 image + 1 x {p}^3 uint8 label, batch {args.batch}, >= {args.samples} samples "
           f"per method in {args.rounds} rounds", flush=True)  # fmt: skip
@@ -511,6 +871,8 @@ def main(argv=None) -> int:
     }
     path = C.write_json(args.json, payload)
     print(f"\nresults: {path}")
+    if not args.no_nnunet:
+        run_nnunet(args, env)
     return 0
 
 

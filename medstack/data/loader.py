@@ -15,7 +15,7 @@ from medstack.errors import FormatError
 from medstack.patches.reading import read_patch_into
 from medstack.resample import torch_dtype
 
-__all__ = ["DevicePrefetcher", "PatchLoader", "make_loader"]
+__all__ = ["DevicePrefetcher", "PatchLoader", "make_loader", "read_batch"]
 
 
 class PatchLoader:
@@ -96,47 +96,23 @@ class PatchLoader:
         return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
 
     def _batch(self, indices: list[int]):
-        import torch
-
         ds = self.dataset
         if ds.transform is not None:
             from torch.utils.data import default_collate
 
             return default_collate([ds[i] for i in indices])
-        located = [ds.locate(i) for i in indices]
-        cases = [ds.store.case(c) for c, _ in located]
-        p = tuple(int(v) for v in ds.patch_size)
-        first_img, first_lab = cases[0][0], cases[0][1]
-        for (c, _), (img, lab, _) in zip(located, cases):
-            if img.shape[0] != first_img.shape[0] or (lab is None) != (first_lab is None):
-                raise FormatError(f"case {ds.store.ids[c]} has {img.shape[0]} channel(s)"
-                                    f"{'' if lab is not None else ' and no label'}; batch cases must match "
-                                    f"case {ds.store.ids[located[0][0]]}")  # fmt: skip
 
-        def empty(arr, channels):
-            shape = (len(indices), channels, *p)
+        def empty(key, shape, dtype):
+            import torch
+
             if self.pin_memory:  # torch's pinned allocator caches its blocks
-                return torch.empty(shape, dtype=torch_dtype(arr.dtype), pin_memory=True)
-            key = ((self.batch_size, *shape[1:]), np.dtype(arr.dtype))
+                return torch.empty(shape, dtype=torch_dtype(dtype), pin_memory=True)
+            pool_key = ((self.batch_size, *shape[1:]), np.dtype(dtype))
             with self._buffers_lock:
-                pool = self._buffers.setdefault(key, _BufferPool(*key))
-            return torch.from_numpy(pool.take(len(indices)))
+                pool = self._buffers.setdefault(pool_key, _BufferPool(*pool_key))
+            return torch.from_numpy(pool.take(shape[0]))
 
-        image = empty(first_img.data, first_img.shape[0])
-        label = empty(first_lab.data, first_lab.shape[0]) if first_lab is not None else None
-        affines = np.empty((len(indices), 4, 4))
-        for j, ((_, start), (img, lab, _)) in enumerate(zip(located, cases)):
-            read_patch_into(img.data, image[j], start, ds.pad_value)
-            if label is not None:
-                read_patch_into(lab.data, label[j], start, 0)
-            affines[j] = geometry.box_affine(img.affine, start)
-        out = {"case_id": [ds.store.ids[c] for c, _ in located],
-               "start": torch.as_tensor(np.stack([s for _, s in located]).astype(np.int64)),
-               "image": image, "affine": torch.from_numpy(affines),
-               "world_origin": torch.from_numpy(affines[:, :3, 3].copy())}  # fmt: skip
-        if label is not None:
-            out["label"] = label
-        return out
+        return read_batch(ds, indices, empty)
 
     def __iter__(self):
         from concurrent.futures import ThreadPoolExecutor
@@ -175,6 +151,51 @@ class PatchLoader:
         pool = getattr(self, "_pool", None)
         if pool is not None:
             pool.shutdown(wait=False, cancel_futures=True)
+
+
+def read_batch(dataset, indices, alloc) -> dict:
+    """The batch of ``dataset`` (a :class:`~medstack.data.PatchDataset` without ``transform``) for ``indices``,
+    equal to ``default_collate`` of its items, with ``image`` and ``label`` read straight into arrays from
+    ``alloc(key, shape, numpy dtype)`` (a CPU tensor of that shape and the matching torch dtype).
+
+    Shared by :class:`PatchLoader` (threads) and :class:`~medstack.data.workers.ProcessPatchLoader` (worker
+    processes writing into shared memory), so both give the same batches.
+
+    Raises
+    ------
+    FormatError
+        When the batch's cases differ in channel count or in having a label (they cannot be stacked).
+    """
+    import torch
+
+    ds = dataset
+    located = [ds.locate(i) for i in indices]
+    cases = [ds.store.case(c) for c, _ in located]
+    p = tuple(int(v) for v in ds.patch_size)
+    first_img, first_lab = cases[0][0], cases[0][1]
+    for (c, _), (img, lab, _) in zip(located, cases):
+        if img.shape[0] != first_img.shape[0] or (lab is None) != (first_lab is None):
+            raise FormatError(f"case {ds.store.ids[c]} has {img.shape[0]} channel(s)"
+                                f"{'' if lab is not None else ' and no label'}; batch cases must match "
+                                f"case {ds.store.ids[located[0][0]]}")  # fmt: skip
+    n = len(indices)
+    image = alloc("image", (n, first_img.shape[0], *p), np.dtype(first_img.data.dtype))
+    label = None
+    if first_lab is not None:
+        label = alloc("label", (n, first_lab.shape[0], *p), np.dtype(first_lab.data.dtype))
+    affines = np.empty((n, 4, 4))
+    for j, ((_, start), (img, lab, _)) in enumerate(zip(located, cases)):
+        read_patch_into(img.data, image[j], start, ds.pad_value)
+        if label is not None:
+            read_patch_into(lab.data, label[j], start, 0)
+        affines[j] = geometry.box_affine(img.affine, start)
+    out = {"case_id": [ds.store.ids[c] for c, _ in located],
+           "start": torch.as_tensor(np.stack([s for _, s in located]).astype(np.int64)),
+           "image": image, "affine": torch.from_numpy(affines),
+           "world_origin": torch.from_numpy(affines[:, :3, 3].copy())}  # fmt: skip
+    if label is not None:
+        out["label"] = label
+    return out
 
 
 class _BufferPool:
@@ -294,7 +315,11 @@ class DevicePrefetcher:
                 return None
             if self.stream is not None:
                 with torch.cuda.stream(self.stream):
-                    return self._to_device(b)
+                    out = self._to_device(b)
+                    record = getattr(self.loader, "record_copy", None)
+                    if record is not None:  # shared-memory slots: not reused before this copy has finished
+                        record(self.stream)
+                    return out
             return self._to_device(b)
 
         nxt = preload()

@@ -77,12 +77,21 @@ def warn_patch_larger(shape, patch_size, what: str, *, stacklevel: int = 3) -> b
 
 
 def size3(patch_size) -> np.ndarray:
-    """A patch size as three ints ``(D, H, W)``: one value is repeated, three are kept (shared by datasets)."""
-    p = np.asarray(patch_size, dtype=np.int64).reshape(-1)
-    if p.size == 1:
-        p = np.repeat(p, 3)
-    if p.shape != (3,) or np.any(p < 1):
-        raise ArgumentError(f"patch_size must be 1 or 3 positive ints (D, H, W), got {patch_size!r}")
+    """A patch size as three ints ``(D, H, W)``: one value is repeated, three are kept (shared by datasets). A
+    MONAI ``spatial_size`` / TorchIO ``patch_size`` is ``(x, y, z)``: pass it as ``geometry.XYZ(...)`` (or a dict
+    ``{"D": .., "H": .., "W": ..}``), see :func:`medstack.geometry.as_dhw`."""
+    from medstack.geometry import as_dhw
+
+    if isinstance(patch_size, np.ndarray) and patch_size.dtype.kind in "iu" and patch_size.shape == (3,):
+        p = patch_size.astype(np.int64)  # the common case, already parsed
+    else:
+        try:
+            p = np.asarray(as_dhw(patch_size, name="patch_size", integer=True), dtype=np.int64)
+        except ArgumentError:
+            raise ArgumentError(f"patch_size must be 1 or 3 positive ints in (D, H, W) order (slices, rows, columns; "
+                                f"geometry.XYZ for MONAI / TorchIO order), got {patch_size!r}") from None  # fmt: skip
+    if np.any(p < 1):
+        raise ArgumentError(f"patch_size must be 1 or 3 positive ints in (D, H, W) order, got {patch_size!r}")
     return p
 
 
