@@ -395,3 +395,24 @@ def test_cuda_matches_cpu():
     torch.testing.assert_close(quiet(x.cuda(), generator=gen(3)).cpu(), quiet(x, generator=gen(3)), atol=1e-3,
                                rtol=1e-3)  # fmt: skip
     assert cpu.shape == gpu.shape
+
+
+@pytest.mark.parametrize("out_size", [None, (12, 16, 14)])
+def test_flip_only_samples_take_the_exact_crop_path(monkeypatch, out_size):
+    """Samples drawn with flips only skip grid_sample (a flipped crop): the result equals resampling them."""
+    from medstack.transforms.gpu import BatchAugment
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand((6, 2, 16, 20, 18), generator=g) * 100
+    lab = (torch.rand((6, 1, 16, 20, 18), generator=g) * 3).to(torch.uint8)
+    aff = torch.eye(4, dtype=torch.float64).repeat(6, 1, 1)
+    aug = BatchAugment.nnunet(spacing=(1.0, 1.0, 1.0), patch_size=(12, 16, 14))
+    fast = aug(x, lab, generator=torch.Generator().manual_seed(3), affines=aff, out_size=out_size)
+    plain = aug.plain_samples(aug.sample_params(6, torch.Generator().manual_seed(3), x.device, channels=2,
+                                                shape_dhw=out_size or (16, 20, 18)), (16, 20, 18), out_size or (16, 20, 18))  # fmt: skip
+    assert 0 < int(plain.sum()) < 6  # both paths exercised
+    monkeypatch.setattr(BatchAugment, "plain_samples", staticmethod(lambda p, i, o: torch.zeros(6, dtype=torch.bool)))
+    slow = aug(x, lab, generator=torch.Generator().manual_seed(3), affines=aff, out_size=out_size)
+    torch.testing.assert_close(fast[0], slow[0], atol=1e-3, rtol=1e-5)
+    assert torch.equal(fast[1], slow[1]) and fast[1].dtype == torch.uint8
+    torch.testing.assert_close(fast[2], slow[2])

@@ -661,16 +661,54 @@ class BatchAugment:
             disp = F.interpolate(params["elastic"].to(dev, work), size=out_shape, mode="trilinear", align_corners=True)
             to_norm = torch.tensor([2.0 / (n * s) for n, s in zip(in_shape, self.spacing)], device=dev, dtype=work)
             grid = grid + (disp * to_norm[None, :, None, None, None]).flip(1).permute(0, 2, 3, 4, 1)
-        out = F.grid_sample(images.to(work), grid, mode="bilinear", padding_mode=self.padding_mode, align_corners=False)
+        plain = self.plain_samples(params, in_shape, out_shape)
+        warp = (~plain).nonzero().squeeze(1).to(dev)
+        out = self._spatial(images, grid, warp, plain, params, out_shape, work, "bilinear", self.padding_mode)
         out = self._intensity(out, params)
         results = [out]
         if labels is not None:
-            lab = F.grid_sample(labels.to(work), grid, mode="nearest", padding_mode="zeros", align_corners=False)
-            results.append(lab.round().to(labels.dtype) if not labels.dtype.is_floating_point else lab)
+            lab = self._spatial(labels, grid, warp, plain, params, out_shape, work, "nearest", "zeros")
+            results.append(lab)
         if affines is not None:
             results.append(self._affines(theta, out_shape, torch.as_tensor(affines, dtype=torch.float64),
                                          in_shape_dhw=in_shape))  # fmt: skip
         return results[0] if len(results) == 1 else tuple(results)
+
+    @staticmethod
+    def plain_samples(params, in_shape, out_shape):
+        """(B,) bool: samples whose spatial draw is only flips (no rotation, zoom, shift or elastic field) on a
+        centred output an even number of voxels smaller than the input. Their output is a flipped crop of the
+        input: exact, and no resampling work (with nnU-Net's probabilities, about two thirds of the samples)."""
+        import torch
+
+        plain = ((params["angles"] == 0).all(-1) & (params["zooms"] == 1).all(-1)
+                 & (params["shift_mm"] == 0).all(-1)).cpu()  # fmt: skip
+        if "apply_elastic" in params:
+            plain &= ~params["apply_elastic"].cpu()
+        if any((n - o) % 2 for n, o in zip(in_shape, out_shape)):
+            plain = torch.zeros_like(plain)
+        return plain
+
+    @staticmethod
+    def _spatial(x, grid, warp, plain, params, out_shape, work, mode, padding_mode):
+        """The spatial part for one tensor: ``grid_sample`` for the warped samples, flipped crops for the plain
+        ones; labels keep their dtype (nearest)."""
+        import torch
+        import torch.nn.functional as F
+
+        keep = not x.dtype.is_floating_point and mode == "nearest"
+        out = torch.empty((x.shape[0], x.shape[1], *out_shape), dtype=x.dtype if keep else work, device=x.device)
+        if len(warp):
+            res = F.grid_sample(x[warp].to(work), grid[warp], mode=mode, padding_mode=padding_mode, align_corners=False)
+            out[warp] = res.round().to(x.dtype) if keep else res
+        lo = [(n - o) // 2 for n, o in zip(x.shape[2:], out_shape)]
+        box = (slice(None), *(slice(a, a + o) for a, o in zip(lo, out_shape)))
+        flips = params["flip"].cpu()
+        for i in plain.nonzero().squeeze(1).tolist():
+            dims = [1 + a for a in range(3) if bool(flips[i, a])]
+            crop = x[i][box]
+            out[i] = (crop.flip(dims) if dims else crop).to(out.dtype)
+        return out
 
     # -- intensity -------------------------------------------------------------------------------------------
 
