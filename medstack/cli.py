@@ -451,7 +451,7 @@ def cmd_prepare(args) -> int:
     if args.workers is not None and not 1 <= args.workers <= 1024:
         raise UsageError(f"--workers must be between 1 and 1024, got {args.workers}")
     manifest = prepare(args.manifest, args.output, spacing=spacing, workers=args.workers, overwrite=args.overwrite,
-                       progress=True)  # fmt: skip
+                       progress=True, dask=args.dask)  # fmt: skip
     _say(manifest)
     return 0
 
@@ -516,11 +516,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_convert)
 
     p = sub.add_parser("prepare", help="cases (CSV/JSON manifest) -> HDF5 patch store + manifest.json")
-    p.add_argument("manifest", help="CSV or JSON with columns id, image (';'-separated channels), label")
+    p.add_argument("manifest", help="CSV or JSON with columns id, image (';'-separated channels), label; or a "
+                   "Decathlon / nnU-Net dataset.json or its folder, or a BIDS folder")  # fmt: skip
     p.add_argument("output", help="output folder")
     p.add_argument("--spacing", help="resample every case to this spacing " + SPACING_HELP)
     p.add_argument("--workers", type=int, help="processes (default: all cores)")
-    p.add_argument("--overwrite", action="store_true", help="redo cases already prepared")
+    p.add_argument("--overwrite", action="store_true", help="redo every case (cases whose sources or options "
+                   "changed are redone anyway)")  # fmt: skip
+    p.add_argument("--dask", metavar="ADDRESS", help="run the cases on an existing Dask cluster (scheduler address)")
     p.set_defaults(func=cmd_prepare)
 
     p = sub.add_parser("preview", help="PNG of three orthogonal slices")

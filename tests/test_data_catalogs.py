@@ -349,3 +349,20 @@ def test_case_table_and_catalog_dispatch(tmp_path):
         read_catalog(tmp_path / "missing")
     with pytest.raises(FormatError, match=r"neither a dataset\.json nor sub-"):
         read_catalog(tmp_path / "store")
+
+
+def test_prepare_and_cli_read_a_dataset_folder_directly(tmp_path, capsys):
+    """prepare (and `medstack prepare`) take a Decathlon / nnU-Net folder, its dataset.json, or a BIDS folder."""
+    import json as _json
+
+    from medstack import cli
+    from medstack.data import prepare
+
+    root = _nnunet(tmp_path / "ds")
+    for source in (root, root / "dataset.json"):
+        out = tmp_path / f"store_{source.name}"
+        manifest = prepare(source, out, workers=1)
+        ids = sorted(e["id"] for e in _json.loads(manifest.read_text())["cases"])
+        assert ids == ["liver_0", "liver_1", "liver_2"]
+    assert cli.main(["prepare", str(_bids(tmp_path / "bids")), str(tmp_path / "cli_store"), "--workers", "1"]) == 0
+    assert (tmp_path / "cli_store" / "manifest.json").exists()

@@ -413,9 +413,10 @@ def _apply_transform(transform, image, label, case: dict, seed: int):
     return out["image"], new_label
 
 
-def _load_label(path, image):
+def load_label(path, image):
     """The label of a case: a DICOM SEG / RTSTRUCT rasterised onto ``image``'s grid as one label map (values =
-    SegmentNumber / ROINumber; overlapping segments are an error), or any volume file :func:`medstack.load` reads."""
+    SegmentNumber / ROINumber; overlapping segments are an error), any volume file :func:`medstack.load` reads, or
+    an in-memory Volume (returned as it is: not resampled here)."""
     from medstack.io.dicom.annotations import annotation_kind, read_rtstruct, read_seg
 
     if _is_volume(path):
@@ -446,7 +447,7 @@ def _prepare_one(case: dict, out_dir: str, spacing, max_per_class: int, overwrit
     label = lab = None
     label_name = _jsonable(case["label"])
     if case["label"] is not None:
-        lab = _load_label(case["label"], vols[0])
+        lab = load_label(case["label"], vols[0])
         if lab.n_channels != 1:
             raise FormatError(f"{label_name}: label must have one channel, has {lab.n_channels}")
         if lab.spatial_shape != image.spatial_shape or not np.allclose(lab.affine, image.affine, atol=1e-4):

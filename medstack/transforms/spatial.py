@@ -530,6 +530,8 @@ class Spacing(Transform):
         options = {}
         if mode == "nearest" and self.label_mode == "onehot":
             mode, options["label_mode"] = "linear", "onehot"  # each label's mask interpolated linearly, then argmax
+            if self.anisotropic:  # nnU-Net: the masks too, in-plane linear and nearest along a coarse axis
+                options.update(anisotropic=self.anisotropic, anisotropy_threshold=self.anisotropy_threshold)
         elif mode != "nearest" and self.anisotropic:
             options.update(anisotropic=self.anisotropic, anisotropy_threshold=self.anisotropy_threshold)
         out = (spacing_volume(volume, self.pixdim, mode, **options) if params is None
