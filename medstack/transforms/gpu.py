@@ -656,13 +656,14 @@ class BatchAugment:
         work = images.dtype if images.dtype.is_floating_point else torch.float32
         params = self.sample_params(b, generator, dev, channels=c, shape_dhw=out_shape)
         theta = self.theta(params, out_shape, dev, work, in_shape_dhw=in_shape)
-        grid = _affine_grid(theta, out_shape)
-        if "elastic" in params and bool(params["apply_elastic"].any()):
-            disp = F.interpolate(params["elastic"].to(dev, work), size=out_shape, mode="trilinear", align_corners=True)
-            to_norm = torch.tensor([2.0 / (n * s) for n, s in zip(in_shape, self.spacing)], device=dev, dtype=work)
-            grid = grid + (disp * to_norm[None, :, None, None, None]).flip(1).permute(0, 2, 3, 4, 1)
         plain = self.plain_samples(params, in_shape, out_shape)
         warp = (~plain).nonzero().squeeze(1).to(dev)
+        grid = _affine_grid(theta[warp], out_shape) if len(warp) else None  # only the samples that are resampled
+        if grid is not None and "elastic" in params and bool(params["apply_elastic"].any()):
+            disp = F.interpolate(params["elastic"].to(dev, work)[warp], size=out_shape, mode="trilinear",
+                                 align_corners=True)  # fmt: skip
+            to_norm = torch.tensor([2.0 / (n * s) for n, s in zip(in_shape, self.spacing)], device=dev, dtype=work)
+            grid = grid + (disp * to_norm[None, :, None, None, None]).flip(1).permute(0, 2, 3, 4, 1)
         out = self._spatial(images, grid, warp, plain, params, out_shape, work, "bilinear", self.padding_mode)
         out = self._intensity(out, params)
         results = [out]
@@ -698,8 +699,8 @@ class BatchAugment:
 
         keep = not x.dtype.is_floating_point and mode == "nearest"
         out = torch.empty((x.shape[0], x.shape[1], *out_shape), dtype=x.dtype if keep else work, device=x.device)
-        if len(warp):
-            res = F.grid_sample(x[warp].to(work), grid[warp], mode=mode, padding_mode=padding_mode, align_corners=False)
+        if len(warp):  # grid: one row per warped sample
+            res = F.grid_sample(x[warp].to(work), grid, mode=mode, padding_mode=padding_mode, align_corners=False)
             out[warp] = res.round().to(x.dtype) if keep else res
         lo = [(n - o) // 2 for n, o in zip(x.shape[2:], out_shape)]
         box = (slice(None), *(slice(a, a + o) for a, o in zip(lo, out_shape)))
