@@ -49,10 +49,11 @@ def main(argv=None) -> int:
     print(f"store: {manifest}")
 
     # 2. label-balanced patches from the normalised store, GPU-side batched augmentation
-    ds = PatchDataset(args.out / "store", LabelSampler(args.patch, pos=2, neg=1), samples_per_volume=64,
-                      seed=args.seed)  # fmt: skip
-    loader = PatchLoader(ds, batch_size=args.batch, num_threads=args.threads, seed=args.seed)
+    # patches are read with the margin the augmentation needs, so rotated / zoomed patches hold real voxels
     augment = BatchAugment(rotation=10, scale=(0.9, 1.1), contrast=(0.9, 1.1), noise_std=(0.0, 0.05))
+    ds = PatchDataset(args.out / "store", LabelSampler(args.patch, pos=2, neg=1), samples_per_volume=64,
+                      seed=args.seed, margin=augment.margin(args.patch))  # fmt: skip
+    loader = PatchLoader(ds, batch_size=args.batch, num_threads=args.threads, seed=args.seed)
     n_classes = 4
     model = UNet(spatial_dims=3, in_channels=2, out_channels=n_classes, channels=(8, 16, 32), strides=(2, 2),
                  num_res_units=1).to(args.device)  # fmt: skip
@@ -63,7 +64,8 @@ def main(argv=None) -> int:
     while it < args.iterations:
         loader.set_epoch(epoch)
         tick = time.perf_counter()
-        for batch in DevicePrefetcher(loader, args.device, augment=augment, seed=args.seed + epoch):
+        for batch in DevicePrefetcher(loader, args.device, augment=augment, seed=args.seed + epoch,
+                                      out_size=ds.out_size):  # fmt: skip
             wait += time.perf_counter() - tick
             logits = model(batch["image"])
             loss = loss_fn(logits, batch["label"][:, 0].long())

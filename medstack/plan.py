@@ -224,10 +224,9 @@ def fingerprint(cases, *, cache=None, workers: int | None = None, samples_per_ca
     FormatError
         A case could not be read, or cases disagree in their number of channels (the message names them).
     """
-    from concurrent.futures import ProcessPoolExecutor
-
     import medstack
     from medstack.data.prepare import case_fingerprint, read_cases
+    from medstack.parallel import process_pool
 
     if isinstance(samples_per_case, bool) or not isinstance(samples_per_case, int | np.integer) or samples_per_case < 1:
         raise ArgumentError(f"fingerprint: samples_per_case must be an int >= 1, got {samples_per_case!r}")
@@ -291,7 +290,7 @@ def fingerprint(cases, *, cache=None, workers: int | None = None, samples_per_ca
             for j in pooled:
                 collect(_run_case(j))
         else:
-            with ProcessPoolExecutor(min(n_workers, len(pooled))) as pool:
+            with process_pool(min(n_workers, len(pooled))) as pool:
                 for r in pool.map(_run_case, pooled):
                     collect(r)
     finally:

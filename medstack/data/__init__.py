@@ -16,8 +16,9 @@ from medstack.data.datasets import (
     QueueDataset,
     VolumeDataset,
 )
-from medstack.data.loader import DevicePrefetcher, PatchLoader, make_loader
+from medstack.data.loader import DevicePrefetcher, PatchLoader, make_loader, read_batch
 from medstack.data.prepare import cases_from_dicom_study, prepare, read_cases, to_original_grid
+from medstack.data.workers import ProcessPatchLoader
 
 __all__ = [
     "BatchSlotSampler",
@@ -27,12 +28,14 @@ __all__ = [
     "DevicePrefetcher",
     "PatchDataset",
     "PatchLoader",
+    "ProcessPatchLoader",
     "QueueDataset",
     "VolumeDataset",
     "cases_from_dicom_study",
     "describe_dataset",
     "make_loader",
     "prepare",
+    "read_batch",
     "read_bids",
     "read_case_table",
     "read_cases",

@@ -238,17 +238,27 @@ class PatchDataset(_SharedEpoch):
     transform : a medstack transform / Compose applied to {"image", "label"} patch Volumes, or None
     seed : base seed; item i of epoch e depends on (seed, e, i) only
     pad_value : image value outside the volume (labels pad with 0)
+    margin : int or (D, H, W) voxels, optional
+        Read each patch with this many more voxels on every side (the box is ``patch + 2 * margin`` and starts
+        ``margin`` before the sampled patch), so that a rotation / zoom on the GPU samples real voxels instead of
+        padding: ``margin=augment.margin(patch)`` with ``DevicePrefetcher(..., augment=augment,
+        out_size=dataset.out_size)`` (:meth:`~medstack.transforms.gpu.BatchAugment.margin`). Items then hold the
+        larger box (``patch_size`` is the read size, ``out_size`` the sampler's patch).
     """
 
     def __init__(self, store, sampler: PatchSampler, patch_size=None, samples_per_volume: int = 8, *,
-                 transform=None, seed: int = 0, pad_value: float = 0.0):  # fmt: skip
+                 transform=None, seed: int = 0, pad_value: float = 0.0, margin=0):  # fmt: skip
         self.store = store if isinstance(store, CaseStore) else CaseStore(store)
         if not isinstance(sampler, PatchSampler):
             raise FormatError(f"sampler must be a medstack PatchSampler, got {type(sampler).__name__}")
         self.sampler = sampler
-        self.patch_size = sampler.patch_size if patch_size is None else size3(patch_size)
-        if not np.array_equal(self.patch_size, sampler.patch_size):
-            raise GeometryError(f"patch_size {tuple(self.patch_size)} differs from the sampler's {tuple(sampler.patch_size)}")
+        out_size = sampler.patch_size if patch_size is None else size3(patch_size)
+        if not np.array_equal(out_size, sampler.patch_size):
+            raise GeometryError(f"patch_size {tuple(out_size)} differs from the sampler's {tuple(sampler.patch_size)}")
+        m = np.zeros(3, np.int64) if np.all(np.asarray(margin) == 0) else size3(margin)
+        self.margin = m
+        self.out_size = tuple(int(v) for v in out_size)
+        self.patch_size = out_size + 2 * m  # what is read per item
         if samples_per_volume < 1:
             raise FormatError(f"samples_per_volume must be >= 1, got {samples_per_volume}")
         self.samples_per_volume = int(samples_per_volume)
@@ -256,19 +266,20 @@ class PatchDataset(_SharedEpoch):
         self.epoch = 0
         for case_id, shape in zip(self.store.ids, getattr(self.store, "shapes", [])):
             if isinstance(shape, list) and len(shape) >= 3:  # warned once per case, from the manifest
-                warn_patch_larger(shape[-3:], self.patch_size, f"case {case_id}")
+                warn_patch_larger(shape[-3:], out_size, f"case {case_id}")
 
     def __len__(self):
         return len(self.store) * self.samples_per_volume
 
     def locate(self, index: int) -> tuple[int, np.ndarray]:
-        """(case index, patch start) of item ``index`` in the current epoch."""
+        """(case index, start of the box read) of item ``index`` in the current epoch: the sampled patch start,
+        minus ``margin``."""
         if not 0 <= index < len(self):
             raise IndexError(index)
         rng = _rng(self.seed, self.epoch, index)
         case_i = index // self.samples_per_volume
         _, _, info = self.store.case(case_i)
-        return case_i, _sample_start(self.sampler, info, rng, index)
+        return case_i, _sample_start(self.sampler, info, rng, index) - self.margin
 
     def __getitem__(self, index: int):
         from medstack.transforms.base import generator_for

@@ -260,20 +260,36 @@ def make_loader(dataset, batch_size: int = 2, *, num_workers: int | None = None,
 
 
 class DevicePrefetcher:
-    """Iterate a loader, copying the NEXT batch to ``device`` (non_blocking, on a side CUDA stream) while the
-    current one is used; then optionally apply a :class:`~medstack.transforms.gpu.BatchAugment` on the device.
+    """Iterate a loader, preparing the NEXT batch on ``device`` while the current one is used: the copy
+    (non_blocking, from pinned memory), the conversion to float32 and the optional
+    :class:`~medstack.transforms.gpu.BatchAugment` run on a side CUDA stream, so they overlap the training step; the
+    step's stream waits for that stream only (no device-wide synchronisation), and the tensors are recorded on
+    the consuming stream so the allocator never reuses them early.
 
-    ``image`` is converted to float32 on the device (int16 travels as int16: half the bytes over PCIe).
+    ``image`` is converted to float32 on the device (int16 travels as int16: half the bytes over PCIe). With
+    ``out_size`` (D, H, W), batches read with a margin (``PatchDataset(margin=augment.margin(patch))``) are
+    augmented into the centred ``out_size`` output (``BatchAugment(..., out_size=)``), so rotated and zoomed
+    patches hold real voxels, not padding; without ``augment`` they are centre-cropped. The batch's ``affine``
+    follows the augmentation.
+
+    Parameters
+    ----------
+    loader : PatchLoader, ProcessPatchLoader or DataLoader (batches of dicts of tensors)
+    device : torch device
+    augment : BatchAugment, optional
+    seed : seed of the augmentation's generator (the draws follow the batch order)
+    out_size : (D, H, W), optional; e.g. ``dataset.out_size``
     """
 
     def __init__(self, loader, device="cpu", *, augment=None, seed: int = 0, image_key: str = "image",
-                 label_key: str = "label"):  # fmt: skip
+                 label_key: str = "label", out_size=None):  # fmt: skip
         import torch
 
         self.loader, self.device = loader, torch.device(device)
         self.augment, self.image_key, self.label_key = augment, image_key, label_key
+        self.out_size = None if out_size is None else tuple(int(v) for v in out_size)
         self.generator = torch.Generator(device="cpu").manual_seed(seed)
-        self.stream = torch.cuda.Stream() if self.device.type == "cuda" else None
+        self.stream = torch.cuda.Stream(device=self.device) if self.device.type == "cuda" else None
 
     def __len__(self):
         return len(self.loader)
@@ -293,39 +309,64 @@ class DevicePrefetcher:
         if not img.dtype.is_floating_point:
             img = img.to(torch.float32)
         batch[self.image_key] = img
+        label = batch.get(self.label_key)
         if self.augment is not None:
-            label = batch.get(self.label_key)
-            res = self.augment(img, label, generator=self.generator)
+            affines = batch.get("affine")
+            res = self.augment(img, label, generator=self.generator, affines=affines, out_size=self.out_size)
+            res = list(res) if isinstance(res, tuple) else [res]
+            batch[self.image_key] = res.pop(0)
             if label is not None:
-                batch[self.image_key], batch[self.label_key] = res
-            else:
-                batch[self.image_key] = res
+                batch[self.label_key] = res.pop(0)
+            if affines is not None:
+                batch["affine"] = res.pop(0).to(affines.device, affines.dtype)
+                batch["world_origin"] = batch["affine"][:, :3, 3].clone()
+        elif self.out_size is not None and tuple(img.shape[2:]) != self.out_size:
+            lo = [(n - o) // 2 for n, o in zip(img.shape[2:], self.out_size)]
+            if any(v < 0 for v in lo):
+                from medstack.errors import GeometryError
+
+                raise GeometryError(f"DevicePrefetcher: out_size {self.out_size} is larger than the batch "
+                                    f"{tuple(img.shape[2:])}")  # fmt: skip
+            box = (slice(None), slice(None), *(slice(a, a + o) for a, o in zip(lo, self.out_size)))
+            batch[self.image_key] = img[box]
+            if label is not None:
+                batch[self.label_key] = label[box]
+            if "affine" in batch:
+                shift = torch.eye(4, dtype=batch["affine"].dtype, device=batch["affine"].device)
+                shift[:3, 3] = torch.tensor(lo[::-1], dtype=shift.dtype)
+                batch["affine"] = batch["affine"] @ shift
+                batch["world_origin"] = batch["affine"][:, :3, 3].clone()
         return batch
 
     def __iter__(self):
         import torch
 
         it = iter(self.loader)
-        nxt = None
 
         def preload():
             try:
                 b = next(it)
             except StopIteration:
                 return None
-            if self.stream is not None:
-                with torch.cuda.stream(self.stream):
-                    out = self._to_device(b)
-                    record = getattr(self.loader, "record_copy", None)
-                    if record is not None:  # shared-memory slots: not reused before this copy has finished
-                        record(self.stream)
-                    return out
-            return self._to_device(b)
+            if self.stream is None:
+                return b
+            with torch.cuda.stream(self.stream):
+                out = self._to_device(b)
+                record = getattr(self.loader, "record_copy", None)
+                if record is not None:  # shared-memory slots: not reused before this copy has finished
+                    record(self.stream)
+                return self._finish(out)  # conversion and augmentation on the side stream too
 
         nxt = preload()
         while nxt is not None:
             if self.stream is not None:
-                torch.cuda.current_stream().wait_stream(self.stream)
-            cur = nxt
+                main = torch.cuda.current_stream(self.device)
+                main.wait_stream(self.stream)
+                for v in nxt.values():
+                    if isinstance(v, torch.Tensor) and v.device.type == "cuda":
+                        v.record_stream(main)  # made on the side stream, used on this one
+                cur = nxt
+            else:
+                cur = self._finish(self._to_device(nxt))
             nxt = preload()
-            yield self._finish(cur)
+            yield cur

@@ -571,7 +571,7 @@ def prepare(cases, out_dir, *, spacing: Sequence[float] | float | None = None, t
     MedstackError
         When any case failed (the others are written and listed in the manifest; the message names each failure).
     """
-    from concurrent.futures import ProcessPoolExecutor
+    from medstack.parallel import process_pool
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -625,7 +625,7 @@ def prepare(cases, out_dir, *, spacing: Sequence[float] | float | None = None, t
         for j in pooled:
             collect(_run(j))
     else:
-        with ProcessPoolExecutor(min(n_workers, len(pooled))) as pool:
+        with process_pool(min(n_workers, len(pooled))) as pool:
             for r in pool.map(_run, pooled):
                 collect(r)
     if bar is not None:

@@ -472,10 +472,9 @@ class BatchAugment:
         >>> BatchAugment(rotation=[(0, 0), (0, 0), (-90, 90)], scale=(1, 1)).margin((4, 8, 8))  # about W: D <-> H
         (3, 1, 0)
         """
-        patch = np.asarray([int(n) for n in patch_size], np.float64)
-        if patch.shape != (3,) or patch.min() < 1:
-            raise ArgumentError(f"BatchAugment.margin: patch_size must be three positive ints (D, H, W), got "
-                                f"{patch_size!r}")  # fmt: skip
+        from medstack.patches.samplers import size3
+
+        patch = size3(patch_size).astype(np.float64)  # one int, three (D, H, W), DHW / XYZ
         sp = np.asarray(self.spacing)
         half = (patch - 1) / 2 * sp  # mm from the centre to the outermost output voxel centre (D, H, W)
         zoom_out = np.ones(3)

@@ -80,10 +80,10 @@ def _parse_all(files: list[str], workers: int | None):
     jobs = list(zip(files, range(len(files))))
     n_workers = os.cpu_count() or 1 if workers is None else max(1, int(workers))
     if n_workers > 1 and len(files) >= (_PROCESS_THRESHOLD if workers is None else 2):
-        from concurrent.futures import ProcessPoolExecutor
+        from medstack.parallel import process_pool
 
         chunk = max(1, len(jobs) // (n_workers * 8))
-        with ProcessPoolExecutor(n_workers) as pool:
+        with process_pool(n_workers) as pool:
             return list(pool.map(_parse_one, jobs, chunksize=chunk))
     return [_parse_one(j) for j in jobs]
 
