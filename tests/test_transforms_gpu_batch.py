@@ -416,3 +416,21 @@ def test_flip_only_samples_take_the_exact_crop_path(monkeypatch, out_size):
     torch.testing.assert_close(fast[0], slow[0], atol=1e-3, rtol=1e-5)
     assert torch.equal(fast[1], slow[1]) and fast[1].dtype == torch.uint8
     torch.testing.assert_close(fast[2], slow[2])
+
+
+def test_log_gamma_is_the_cpu_random_gamma_vocabulary():
+    """BatchAugment(log_gamma=) draws gamma = exp(uniform(lo, hi)), RandomGamma's vocabulary; gamma= and
+    log_gamma= together are refused."""
+    import math
+
+    from medstack.errors import ArgumentError
+    from medstack.transforms.gpu import BatchAugment
+
+    aug = BatchAugment(rotation=0, scale=(1, 1), flip_p=0.0, log_gamma=(-0.3, 0.3))
+    params = aug.sample_params(4000, torch.Generator().manual_seed(0), "cpu", channels=1, shape_dhw=(4, 4, 4))
+    logs = torch.log(params["gamma"]).flatten()
+    assert -0.3 - 1e-9 <= float(logs.min()) and float(logs.max()) <= 0.3 + 1e-9
+    assert abs(float(logs.mean())) < 0.02  # uniform in log space: symmetric about 0
+    assert aug.gamma == (math.exp(-0.3), math.exp(0.3))
+    with pytest.raises(ArgumentError):
+        BatchAugment(gamma=(0.7, 1.5), log_gamma=0.3)

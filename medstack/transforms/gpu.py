@@ -289,7 +289,9 @@ class BatchAugment:
     contrast : factor range about each channel's mean; ``contrast_preserve_range`` clips to the channel's range
     lowres : size factor range in (0, 1]: nearest downsampling along ``lowres_axes`` to ``round(n * f)``, linear
         upsampling back; per channel with probability ``lowres_p_channel``
-    gamma, gamma_inverted : gamma value ranges (not log-gamma as in RandomGamma) of
+    log_gamma : log-gamma range (or ``x`` for ``(-x, x)``), the CPU :class:`~medstack.transforms.RandomGamma`'s
+        vocabulary: ``gamma = exp(uniform(lo, hi))`` per channel (instead of ``gamma=``)
+    gamma, gamma_inverted : gamma value ranges (nnU-Net's vocabulary; ``log_gamma=`` for RandomGamma's) of
         ``lo + (hi - lo) * n ** g`` with ``n`` the channel min-max normalised; the inverted one is
         ``lo + (hi - lo) * (1 - (1 - n) ** g)`` (nnU-Net's ``invert_image``); ``gamma_retain_stats`` restores
         each channel's mean and std afterwards
@@ -333,7 +335,7 @@ class BatchAugment:
                  contrast=None, p_contrast: float = 1.0, contrast_preserve_range: bool = False,
                  lowres=None, p_lowres: float = 1.0, lowres_p_channel: float = 1.0,
                  lowres_axes: Sequence[int] = (0, 1, 2),
-                 gamma=None, p_gamma: float = 1.0, gamma_inverted=None, p_gamma_inverted: float = 1.0,
+                 gamma=None, p_gamma: float = 1.0, log_gamma=None, gamma_inverted=None, p_gamma_inverted: float = 1.0,
                  gamma_retain_stats: bool = False,
                  bias_field=None, bias_order: int = 3, p_bias_field: float = 1.0,
                  spike=None, p_spike: float = 1.0,
@@ -366,7 +368,11 @@ class BatchAugment:
         self.lowres = _range(lowres, "lowres", symmetric=False, low=1e-3, high=1.0)
         self.lowres_p_channel, self.lowres_axes = _prob(lowres_p_channel, "lowres_p_channel"), _axes(
             lowres_axes, "lowres_axes")  # fmt: skip
-        self.gamma = _range(gamma, "gamma", symmetric=False, low=1e-3)
+        if gamma is not None and log_gamma is not None:
+            raise ArgumentError("BatchAugment: pass gamma= (gamma values) or log_gamma= (as RandomGamma), not both")
+        self.log_gamma = _range(log_gamma, "log_gamma")  # RandomGamma's vocabulary: gamma = exp(uniform(lo, hi))
+        self.gamma = (_range(gamma, "gamma", symmetric=False, low=1e-3) if self.log_gamma is None
+                      else tuple(math.exp(v) for v in self.log_gamma))  # fmt: skip
         self.gamma_inverted = _range(gamma_inverted, "gamma_inverted", symmetric=False, low=1e-3)
         self.gamma_retain_stats = bool(gamma_retain_stats)
         self.bias_field, self.bias_order = _range(bias_field, "bias_field"), int(bias_order)
@@ -605,7 +611,10 @@ class BatchAugment:
         for op in ("gamma_inverted", "gamma"):
             if self._enabled(op):
                 applies(op)
-                p[op] = _factor(gen, (b, c), getattr(self, op), self.split_factors)
+                if op == "gamma" and self.log_gamma is not None:  # log-uniform, exactly as the CPU RandomGamma
+                    p[op] = torch.exp(_u(gen, (b, c), *self.log_gamma))
+                else:
+                    p[op] = _factor(gen, (b, c), getattr(self, op), self.split_factors)
         return p
 
     def theta(self, params, shape_dhw, device, dtype, *, in_shape_dhw=None):
