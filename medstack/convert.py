@@ -840,12 +840,12 @@ def convert(
 
 
 def _run_processes(tasks, options, n_workers, on_result) -> list[Result]:
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor, as_completed
+    from concurrent.futures import as_completed
 
-    ctx = multiprocessing.get_context("fork" if hasattr(os, "fork") else "spawn")
+    from medstack.parallel import process_pool
+
     done = []
-    pool = ProcessPoolExecutor(n_workers, mp_context=ctx)
+    pool = process_pool(n_workers)  # forkserver: safe from a notebook or any process with threads
     try:
         futures = {pool.submit(run_task, t, options): t for t in tasks}
         for fut in as_completed(futures):
