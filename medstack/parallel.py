@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import multiprocessing
 
-__all__ = ["process_context", "process_pool"]
+__all__ = ["map_jobs", "process_context", "process_pool"]
 
 
 def process_context():
@@ -30,3 +30,23 @@ def process_pool(max_workers: int):
     from concurrent.futures import ProcessPoolExecutor
 
     return ProcessPoolExecutor(max_workers, mp_context=process_context())
+
+
+def map_jobs(fn, jobs, workers: int, on_result) -> None:
+    """``on_result(fn(job))`` for each job, in order: in this process when ``workers`` is 1 or there is at most
+    one job, else in a :func:`process_pool` of ``min(workers, len(jobs))`` processes (``fn`` and the jobs must be
+    picklable, for the trip to the workers; nothing goes to disk).
+
+    >>> out = []
+    >>> map_jobs(abs, [-1, 2], 1, out.append)
+    >>> out
+    [1, 2]
+    """
+    jobs = list(jobs)
+    if workers <= 1 or len(jobs) <= 1:
+        for job in jobs:
+            on_result(fn(job))
+        return
+    with process_pool(min(workers, len(jobs))) as pool:
+        for result in pool.map(fn, jobs):
+            on_result(result)

@@ -226,7 +226,7 @@ def fingerprint(cases, *, cache=None, workers: int | None = None, samples_per_ca
     """
     import medstack
     from medstack.data.prepare import case_fingerprint, read_cases
-    from medstack.parallel import process_pool
+    from medstack.parallel import map_jobs
 
     if isinstance(samples_per_case, bool) or not isinstance(samples_per_case, int | np.integer) or samples_per_case < 1:
         raise ArgumentError(f"fingerprint: samples_per_case must be an int >= 1, got {samples_per_case!r}")
@@ -286,13 +286,7 @@ def fingerprint(cases, *, cache=None, workers: int | None = None, samples_per_ca
     try:
         for j in local:
             collect(_run_case(j))
-        if n_workers == 1 or len(pooled) <= 1:
-            for j in pooled:
-                collect(_run_case(j))
-        else:
-            with process_pool(min(n_workers, len(pooled))) as pool:
-                for r in pool.map(_run_case, pooled):
-                    collect(r)
+        map_jobs(_run_case, pooled, n_workers, collect)
     finally:
         if bar is not None:
             bar.close()

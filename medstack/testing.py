@@ -30,6 +30,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "PHANTOM_LABELS",
+    "assert_same_batches",
     "axis_code_affine",
     "center_affine",
     "phantom",
@@ -39,6 +40,24 @@ __all__ = [
     "write_dicom_series",
     "write_localizer",
 ]
+
+# -- loaders -------------------------------------------------------------------------------------------
+
+
+def assert_same_batches(xs, ys) -> None:
+    """Two loaders' batches are identical: same count (> 0), keys, case ids, and every tensor equal in value and
+    dtype (no tolerance). For checking that loaders and worker counts give the same patches."""
+    import torch
+
+    xs, ys = list(xs), list(ys)
+    assert len(xs) == len(ys) > 0, (len(xs), len(ys))
+    for x, y in zip(xs, ys):
+        assert set(x) == set(y) and x["case_id"] == y["case_id"]
+        for k in x:
+            if k != "case_id":
+                assert x[k].dtype == y[k].dtype, k
+                torch.testing.assert_close(x[k], y[k], rtol=0, atol=0)
+
 
 # -- affines -------------------------------------------------------------------------------------------
 

@@ -5,6 +5,7 @@ import gc
 import os
 import shutil
 import signal
+import time
 import warnings
 
 import numpy as np
@@ -17,7 +18,7 @@ from medstack.data.workers import ProcessPatchLoader
 from medstack.errors import ArgumentError, MedstackError, ReadError
 from medstack.patches import LabelSampler, UniformSampler
 from medstack.patches.samplers import PatchSizeWarning
-from medstack.testing import center_affine, phantom_pair, random_affine
+from medstack.testing import assert_same_batches, center_affine, phantom_pair, random_affine
 
 pytestmark = pytest.mark.skipif(not os.path.isdir("/proc"), reason="checks processes through /proc")
 
@@ -42,17 +43,6 @@ def _dataset(root, sampler=None, spv=5, **kw):
         warnings.simplefilter("ignore", PatchSizeWarning)
         return PatchDataset(root / "out" if (root / "out").exists() else root,
                             sampler or LabelSampler((20, 16, 12)), samples_per_volume=spv, seed=2, **kw)  # fmt: skip
-
-
-def _same_batches(xs, ys):
-    xs, ys = list(xs), list(ys)
-    assert len(xs) == len(ys) > 0
-    for x, y in zip(xs, ys):
-        assert set(x) == set(y) and x["case_id"] == y["case_id"]
-        for k in x:
-            if k != "case_id":
-                assert x[k].dtype == y[k].dtype, k
-                torch.testing.assert_close(x[k], y[k], rtol=0, atol=0)
 
 
 def _alive(pid: int) -> bool:
@@ -83,13 +73,13 @@ def test_batches_equal_threaded_loader_and_default_collate(store, workers):
             loader.set_epoch(epoch)
             threaded = list(PatchLoader(ds, batch_size=4, seed=5, num_threads=2))
             got = list(loader)
-            _same_batches(got, threaded)
+            assert_same_batches(got, threaded)
             assert got[0]["image"].dtype == torch.int16 and got[0]["label"].dtype == torch.uint8
             assert len(got) == len(loader) == 4 and len(got[-1]["case_id"]) == 3  # 15 items: a partial batch
     ds.set_epoch(1)
     reference = list(make_loader(ds, batch_size=4, num_workers=0, shuffle=False))
     with ProcessPatchLoader(ds, batch_size=4, shuffle=False, workers=workers) as loader:
-        _same_batches(loader, reference)
+        assert_same_batches(loader, reference)
 
 
 def test_drop_last_partial_batches_and_transforms(store):
@@ -99,12 +89,12 @@ def test_drop_last_partial_batches_and_transforms(store):
     with ProcessPatchLoader(ds, batch_size=4, shuffle=False, workers=2, drop_last=True) as loader:
         batches = list(loader)
         assert len(batches) == len(loader) == 2
-        _same_batches(batches, list(make_loader(ds, batch_size=4, num_workers=0, shuffle=False))[:2])
+        assert_same_batches(batches, list(make_loader(ds, batch_size=4, num_workers=0, shuffle=False))[:2])
     aug = _dataset(store, UniformSampler(12), spv=2, transform=Compose([RandomFlip(axes=(0, 1, 2))]))
     with ProcessPatchLoader(aug, batch_size=2, shuffle=False, workers=2) as loader:
         reference = list(make_loader(aug, batch_size=2, num_workers=0, shuffle=False))
-        _same_batches(loader, reference)
-        _same_batches(loader, reference)  # second epoch: the transformed batches now travel in the slots
+        assert_same_batches(loader, reference)
+        assert_same_batches(loader, reference)  # second epoch: the transformed batches now travel in the slots
         assert loader._capacity > 0
 
 
@@ -124,7 +114,7 @@ def test_kept_batches_are_not_overwritten(store):
         n_slots = len(loader._segments)
         assert n_slots <= 2 + 2 + 2  # ring: prefetch + kept batches + the one in use
         del held, view
-        _same_batches(loader, make_loader(ds, batch_size=2, num_workers=0, shuffle=False))
+        assert_same_batches(loader, make_loader(ds, batch_size=2, num_workers=0, shuffle=False))
         assert len(loader._segments) == n_slots  # slots recycled, not grown
 
 
@@ -169,7 +159,7 @@ def test_early_stop_then_set_epoch_continues_correctly(store):
         loader.set_epoch(3)
         threaded = PatchLoader(ds, batch_size=2, num_threads=1)
         threaded.set_epoch(3)
-        _same_batches(loader, threaded)
+        assert_same_batches(loader, threaded)
         batches = list(DevicePrefetcher(loader, "cpu"))
         assert len(batches) == len(loader) and batches[0]["image"].dtype == torch.float32
 
@@ -197,6 +187,26 @@ def test_worker_that_dies_raises_instead_of_hanging(store):
     os.kill(pids[0], signal.SIGKILL)
     with pytest.raises(ReadError, match="died"):
         for _ in it:
+            pass
+    loader.close()
+    _assert_released(pids, names)
+
+
+def test_workers_that_die_while_idle_raise_instead_of_a_broken_pipe(store):
+    """Workers killed between epochs (idle, no batch in flight): the next epoch's first request is a ReadError
+    naming the worker, not a BrokenPipeError from the pipe."""
+    ds = _dataset(store, UniformSampler(8), spv=4)
+    loader = ProcessPatchLoader(ds, batch_size=2, shuffle=False, workers=2, prefetch=2)
+    assert list(loader)  # a whole epoch: the workers stay, idle
+    pids, names = _resources(loader)
+    for pid in pids:
+        os.kill(pid, signal.SIGKILL)
+    for pid in pids:
+        while _alive(pid):
+            time.sleep(0.01)
+    loader.set_epoch(1)
+    with pytest.raises(ReadError, match="died"):
+        for _ in loader:
             pass
     loader.close()
     _assert_released(pids, names)

@@ -31,7 +31,7 @@ from medstack.patches import (
     sliding_window_inference,
 )
 from medstack.patches.samplers import PatchSizeWarning
-from medstack.testing import axis_code_affine, center_affine, phantom_pair, random_affine
+from medstack.testing import assert_same_batches, axis_code_affine, center_affine, phantom_pair, random_affine
 from medstack.transforms.gpu import BatchAugment
 
 
@@ -294,17 +294,6 @@ def test_set_epoch_reaches_persistent_workers(store):
         torch.testing.assert_close(a, b)
 
 
-def _same_batches(xs, ys):
-    xs, ys = list(xs), list(ys)
-    assert len(xs) == len(ys) > 0
-    for x, y in zip(xs, ys):
-        assert set(x) == set(y) and x["case_id"] == y["case_id"]
-        for k in x:
-            if k != "case_id":
-                assert x[k].dtype == y[k].dtype, k
-                torch.testing.assert_close(x[k], y[k], rtol=0, atol=0)
-
-
 @pytest.mark.parametrize(("sampler", "patch"), [(UniformSampler, 16), (LabelSampler, (20, 32, 12))])
 def test_patch_loader_equals_dataloader_batches(store, sampler, patch):
     """Threaded batches (mmap reads, padding where the patch passes the volume's edge) equal default_collate
@@ -315,7 +304,7 @@ def test_patch_loader_equals_dataloader_batches(store, sampler, patch):
         ds = PatchDataset(root / "out", sampler(patch), samples_per_volume=5, seed=2)
     reference = list(make_loader(ds, batch_size=4, num_workers=0, shuffle=False))
     for threads in (1, 3):
-        _same_batches(PatchLoader(ds, batch_size=4, shuffle=False, num_threads=threads, prefetch=2), reference)
+        assert_same_batches(PatchLoader(ds, batch_size=4, shuffle=False, num_threads=threads, prefetch=2), reference)
     loader = PatchLoader(ds, batch_size=4, shuffle=False, drop_last=True)
     assert len(loader) == len(list(loader)) == len(ds) // 4
     assert len(PatchLoader(ds, batch_size=4)) == -(-len(ds) // 4)
@@ -330,7 +319,7 @@ def test_patch_loader_shuffle_epochs_ranks_and_transforms(store):
     ds = PatchDataset(root / "out", UniformSampler(12), samples_per_volume=6, seed=1)
     a = list(PatchLoader(ds, batch_size=3, seed=7, num_threads=1))
     b = list(PatchLoader(ds, batch_size=3, seed=7, num_threads=2))
-    _same_batches(a, b)
+    assert_same_batches(a, b)
     assert sorted(s for x in a for s in x["case_id"]) == sorted(ds.store.ids * 6)
     loader = PatchLoader(ds, batch_size=3, seed=7)
     loader.set_epoch(1)
@@ -345,7 +334,7 @@ def test_patch_loader_shuffle_epochs_ranks_and_transforms(store):
     assert seen[0] and seen[1] and not (seen[0] & seen[1])
     aug = PatchDataset(root / "out", UniformSampler(12), samples_per_volume=2, seed=1,
                        transform=Compose([RandomFlip(axes=(0, 1, 2))]))  # fmt: skip
-    _same_batches(PatchLoader(aug, batch_size=2, shuffle=False, num_threads=2),
+    assert_same_batches(PatchLoader(aug, batch_size=2, shuffle=False, num_threads=2),
                   make_loader(aug, batch_size=2, num_workers=0, shuffle=False))  # fmt: skip
 
 
@@ -447,4 +436,4 @@ def test_patch_loader_reuses_buffers_only_when_released(store):
     pools = list(loader._buffers.values())
     assert pools and all(len(p._free) <= 2 + 2 + 2 for p in pools)  # bounded: prefetch + held + in flight
     reference = list(make_loader(ds, batch_size=4, num_workers=0, shuffle=False))
-    _same_batches(PatchLoader(ds, batch_size=4, shuffle=False, num_threads=2, pin_memory=False), reference)
+    assert_same_batches(PatchLoader(ds, batch_size=4, shuffle=False, num_threads=2, pin_memory=False), reference)

@@ -72,6 +72,22 @@ FACTORIES = {
 ABSTRACT = {"Transform", "RandomTransform"}
 
 
+def run_in_threads(worker) -> None:
+    """``worker(i)`` for i in range(N_THREADS), in as many threads at once, with a tiny switch interval that forces
+    thread switches mid-call; the interval is restored afterwards."""
+    old = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    try:
+        threads = [threading.Thread(target=worker, args=(i,)) for i in range(N_THREADS)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    finally:
+        sys.setswitchinterval(old)
+    assert sys.getswitchinterval() == old
+
+
 def exported_classes():
     return sorted(name for name in T.__all__ if inspect.isclass(getattr(T, name)))
 
@@ -148,17 +164,7 @@ def test_threads_match_single_threaded(name):
         except BaseException as e:  # reported below
             errors.append(e)
 
-    old = sys.getswitchinterval()
-    sys.setswitchinterval(1e-6)
-    try:
-        threads = [threading.Thread(target=worker, args=(i,)) for i in range(N_THREADS)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-    finally:
-        sys.setswitchinterval(old)
-    assert sys.getswitchinterval() == old
+    run_in_threads(worker)
     assert not errors, errors[0]
     for (i, r), out in results.items():
         where = f"{name} thread {i} repeat {r}"
@@ -185,16 +191,7 @@ def test_from_monai_random_transform_threads():
         def worker(i, transform=transform, results=results):
             results[i] = run(transform, i)
 
-        old = sys.getswitchinterval()
-        sys.setswitchinterval(1e-6)
-        try:
-            threads = [threading.Thread(target=worker, args=(i,)) for i in range(N_THREADS)]
-            for t in threads:
-                t.start()
-            for t in threads:
-                t.join()
-        finally:
-            sys.setswitchinterval(old)
+        run_in_threads(worker)
         for i in range(N_THREADS):
             assert_same(results[i], expected[i], f"FromMonai({type(inner).__name__}) thread {i}")
             assert_aligned(results[i], f"FromMonai({type(inner).__name__}) thread {i}")

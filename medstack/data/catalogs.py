@@ -58,19 +58,9 @@ def _dataset_json(path) -> tuple[Path, dict]:
     if not p.is_file():
         where = f"{p.parent}: no {DATASET_JSON}" if p.name == DATASET_JSON else f"{p}: no such file"
         raise ReadError(f"{where}; pass a Decathlon / nnU-Net dataset.json or the folder holding it")
-    try:
-        text = p.read_bytes().decode("utf-8")
-    except UnicodeDecodeError as e:
-        raise FormatError(f"{p}: not UTF-8 text ({e}); a dataset.json is a JSON object") from e
-    except OSError as e:
-        raise ReadError(f"{p}: cannot read ({e.strerror or e})") from e
-    try:
-        data = json.loads(text)
-    except ValueError as e:
-        raise FormatError(f"{p}: not valid JSON ({e}); fix the file (a dataset.json is a JSON object)") from e
-    if not isinstance(data, dict):
-        raise FormatError(f"{p}: is a JSON {type(data).__name__}, expected an object with 'labels' and 'training' "
-                          "(Decathlon) or 'channel_names' (nnU-Net v2)")  # fmt: skip
+    from medstack.io.store import read_json_object
+
+    data = read_json_object(p, f"{p}: {DATASET_JSON}")
     return p.absolute(), data
 
 

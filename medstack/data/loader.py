@@ -114,14 +114,19 @@ class PatchLoader:
 
         return read_batch(ds, indices, empty)
 
-    def __iter__(self):
-        from concurrent.futures import ThreadPoolExecutor
-
+    def batch_indices(self) -> list[list[int]]:
+        """The dataset indices of each batch of the current epoch, in order (``drop_last`` applied)."""
         order = self._order()
         bs = self.batch_size
         batches = [order[i : i + bs] for i in range(0, len(order), bs)]
         if self.drop_last and batches and len(batches[-1]) < bs:
             batches.pop()
+        return batches
+
+    def __iter__(self):
+        from concurrent.futures import ThreadPoolExecutor
+
+        batches = self.batch_indices()
         if self._pool is None:
             self._pool = ThreadPoolExecutor(self.num_threads, thread_name_prefix="medstack-patches")
         pending: deque = deque()

@@ -26,7 +26,7 @@ import numpy as np
 import medstack
 from medstack.errors import DicomError, FormatError, MedstackError, OutputExistsError, ReadError
 from medstack.io._atomic import WriteError, atomic_output, check_free_space
-from medstack.io.store import json_object, metadata_json
+from medstack.io.store import metadata_json, read_json_object
 
 MANIFEST = "manifest.json"
 MANIFEST_FORMAT = "medstack-cases"
@@ -75,13 +75,7 @@ def load_manifest(path) -> list[dict]:
     with a ``cases`` list whose entries have a valid ``id`` and a plain ``file`` name inside the store.
     Raises ReadError (unreadable) or FormatError naming the file and the field."""
     path = Path(path)
-    try:
-        text = path.read_bytes().decode("utf-8")
-    except UnicodeDecodeError as e:
-        raise FormatError(f"{path}: manifest is not UTF-8 text ({e})") from e
-    except OSError as e:
-        raise ReadError(f"{path}: cannot read the manifest ({e.strerror or e})") from e
-    data = json_object(text, f"{path}: manifest")
+    data = read_json_object(path, f"{path}: manifest")
     if data.get("format", MANIFEST_FORMAT) != MANIFEST_FORMAT:
         raise FormatError(f"{path}: field 'format' is {data.get('format')!r}, expected {MANIFEST_FORMAT!r}")
     cases = data.get("cases")
@@ -571,7 +565,7 @@ def prepare(cases, out_dir, *, spacing: Sequence[float] | float | None = None, t
     MedstackError
         When any case failed (the others are written and listed in the manifest; the message names each failure).
     """
-    from medstack.parallel import process_pool
+    from medstack.parallel import map_jobs
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -615,19 +609,15 @@ def prepare(cases, out_dir, *, spacing: Sequence[float] | float | None = None, t
 
     # cases with in-memory Volumes run in this process (their data is never sent to workers); so do all cases when
     # the transform cannot be sent to a worker process (a lambda, a closure)
-    local = [j for j in jobs if _has_volume(j[0]) or not _sendable(transform)]
-    pooled = [j for j in jobs if not (_has_volume(j[0]) or not _sendable(transform))]
+    sendable = _sendable(transform)
+    local = [j for j in jobs if _has_volume(j[0]) or not sendable]
+    pooled = [j for j in jobs if not (_has_volume(j[0]) or not sendable)]
     for j in local:
         collect(_run(j))
     if dask is not None and pooled:
         _run_dask(pooled, dask, collect)
-    elif n_workers == 1 or len(pooled) <= 1:
-        for j in pooled:
-            collect(_run(j))
     else:
-        with process_pool(min(n_workers, len(pooled))) as pool:
-            for r in pool.map(_run, pooled):
-                collect(r)
+        map_jobs(_run, pooled, n_workers, collect)
     if bar is not None:
         bar.close()
     _write_manifest(manifest_path, rows, done)
@@ -641,11 +631,12 @@ def prepare(cases, out_dir, *, spacing: Sequence[float] | float | None = None, t
 
 
 def _sendable(transform) -> bool:
-    """Whether the transform can travel to a worker process (in memory, between processes; never to disk)."""
-    import pickle
+    """Whether the transform can travel to a worker process: the process pool serialises it in memory, through a
+    pipe, and a lambda or closure cannot be (nothing is written to disk)."""
+    from multiprocessing.reduction import ForkingPickler
 
     try:
-        pickle.dumps(transform)
+        ForkingPickler.dumps(transform)  # what the pool's pipe does to it
         return True
     except Exception:  # lambdas, closures, local classes: PicklingError, AttributeError, TypeError
         return False

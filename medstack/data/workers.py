@@ -400,11 +400,7 @@ class ProcessPatchLoader(PatchLoader):
 
     # -- iteration ------------------------------------------------------------------------------------------
     def __iter__(self):
-        order = self._order()
-        bs = self.batch_size
-        batches = [order[i : i + bs] for i in range(0, len(order), bs)]
-        if self.drop_last and batches and len(batches[-1]) < bs:
-            batches.pop()
+        batches = self.batch_indices()
         if self._active is not None:  # another iteration is suspended: end it (its slots may be in flight)
             self._stop_workers()
         self._start()
@@ -422,7 +418,15 @@ class ProcessPatchLoader(PatchLoader):
                 wid = min(range(len(load)), key=load.__getitem__)
                 slot_id = self._take_slot()
                 name = self._segments[slot_id][0].name if self._capacity > 0 else None
-                self._conns[wid].send(("batch", (gen, sent), slot_id, name, batches[sent], epoch))
+                try:
+                    self._conns[wid].send(("batch", (gen, sent), slot_id, name, batches[sent], epoch))
+                except OSError:  # BrokenPipeError: the worker died while it had no batch in flight
+                    self._ring.give_back(slot_id)
+                    proc = self._procs[wid]
+                    proc.join(1.0)
+                    raise ReadError(f"ProcessPatchLoader: worker {wid} (pid {proc.pid}) died (exit code "
+                                    f"{proc.exitcode}) before reading {_describe(self.dataset, batches[sent])}; "
+                                    "a crash in a reader or the system's out-of-memory killer?") from None  # fmt: skip
                 where[sent] = (wid, slot_id)
                 load[wid] += 1
                 sent += 1

@@ -142,6 +142,18 @@ def json_object(text: str, what: str) -> dict:
     return value
 
 
+def read_json_object(path, what: str) -> dict:
+    """The JSON object stored in the file ``path``: ReadError when it cannot be read, FormatError naming ``what``
+    (e.g. ``"<path>: manifest"``) when it is not UTF-8 text holding a JSON object."""
+    try:
+        text = Path(path).read_bytes().decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise FormatError(f"{what} is not UTF-8 text ({e})") from e
+    except OSError as e:
+        raise ReadError(f"{what}: cannot read ({e.strerror or e})") from e
+    return json_object(text, what)
+
+
 class H5Array:
     """A read-on-demand ``(C, D, H, W)`` array backed by an HDF5 dataset.
 
